@@ -1,0 +1,3 @@
+"""The teams-sbc operator: reconciles TeamsTrunk and TeamsTenant custom resources."""
+
+__version__ = "0.1.0"

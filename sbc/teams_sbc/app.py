@@ -1,0 +1,136 @@
+"""The SBC process: the sans-IO proxy core driven by uvloop, its sockets and its HTTP endpoints.
+
+The core never sees a socket or a clock. This module feeds it each message with ``loop.time()``,
+sends what it queued, and keeps one loop timer armed at the core's next deadline (the aioquic
+pattern). SIGTERM drains: no new calls, open transactions finish, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import uvloop
+
+from teams_sbc.config import SbcConfig
+from teams_sbc.health import HealthServer
+from teams_sbc.logs import setup_logging
+from teams_sbc.metrics import Metrics
+from teams_sbc.sip.peer import Peer
+from teams_sbc.sip.proxy import Proxy
+from teams_sbc.transport import TransportLayer
+
+log = logging.getLogger("teams_sbc")
+
+
+class Sbc:
+    def __init__(self, config: SbcConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.core = Proxy(config, self.metrics)
+        self.transports = TransportLayer(
+            config.listeners, self._on_message, self.metrics, config.max_message_size
+        )
+        self.health = HealthServer(config.http.host, config.http.port, self.metrics, self.readiness)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._drained = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.transports.start()
+        self.core.set_bound_addresses(self.transports.bound)
+        await self.health.start()
+        self.metrics.ready.set(1)
+        log.info(
+            "sbc started",
+            extra={
+                "listeners": {n: f"{h}:{p}" for n, (h, p) in self.transports.bound.items()},
+                "http_port": self.health.bound_port,
+            },
+        )
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        reasons = self.core.not_ready_reasons()
+        return (not reasons, reasons)
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking calls and wait, at most ``grace`` seconds, for open transactions to end."""
+        log.info("draining", extra={"transactions": self.core.transaction_count()})
+        self.core.draining = True
+        self.metrics.ready.set(0)
+        self.transports.stop_listening()
+        self._check_drained()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), grace)
+        left = self.core.transaction_count()
+        log.info("drained" if not left else "drain timed out", extra={"transactions": left})
+
+    def _check_drained(self) -> None:
+        if self.core.draining and not self.core.transaction_count():
+            self._drained.set()
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.transports.close()
+        await self.health.stop()
+
+    # -- the core's driver --------------------------------------------------------------------
+
+    def _on_message(self, data: bytes, peer: Peer, listener: str) -> None:
+        assert self._loop is not None
+        self.core.receive(data, peer, listener, self._loop.time())
+        self._flush()
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        self._timer_at = None
+        self.core.advance(self._loop.time())
+        self._flush()
+
+    def _flush(self) -> None:
+        outbox = self.core.outbox
+        if outbox:
+            send = self.transports.send
+            for out in outbox:
+                send(out.data, out.peer, out.listener)
+            outbox.clear()
+        deadline = self.core.next_deadline()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = None if deadline is None else self._loop_call_at(deadline)
+        if self.core.draining:
+            self._check_drained()
+
+    def _loop_call_at(self, when: float) -> asyncio.TimerHandle:
+        assert self._loop is not None
+        return self._loop.call_at(when, self._on_timer)
+
+
+async def serve(config: SbcConfig) -> int:
+    sbc = Sbc(config)
+    await sbc.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sbc.drain(config.drain_seconds)
+    await sbc.stop()
+    return 0
+
+
+def run_forever(config: SbcConfig) -> int:
+    setup_logging(config.logging.level, config.logging.format)
+    with contextlib.suppress(KeyboardInterrupt):
+        return uvloop.run(serve(config))
+    return 0

@@ -1,0 +1,56 @@
+"""`teams-sbc`: the SBC and its tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from teams_sbc import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="teams-sbc", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"teams-sbc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the SBC from a config file (docs/config.md)")
+    run.add_argument("--config", required=True, help="path of the YAML config file")
+
+    check = sub.add_parser("check-config", help="validate a config file and print it resolved")
+    check.add_argument("--config", required=True)
+
+    demo = sub.add_parser(
+        "demo", help="the embedded default: run the SBC locally and prove it works"
+    )
+    demo.add_argument("--config", default=None, help="config to run (default: examples/sbc.yaml)")
+
+    args = parser.parse_args(argv)
+    from teams_sbc.config import ConfigError, load_config
+
+    if args.command == "run":
+        from teams_sbc.app import run_forever
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"teams-sbc: {exc}", file=sys.stderr)
+            return 2
+        return run_forever(config)
+    if args.command == "check-config":
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"teams-sbc: {exc}", file=sys.stderr)
+            return 2
+        print(config.model_dump_json(indent=2))
+        return 0
+    if args.command == "demo":
+        from teams_sbc.demo import run_demo
+
+        return run_demo(args.config)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The SBC's configuration file: its schema is defined once, here, and documented in docs/config.md.
+
+`teams-sbc run --config FILE` reads it; the operator renders the same model into each pod's
+ConfigMap. Unknown keys are refused (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+Transport = Literal["udp", "tcp", "tls"]
+
+
+class ConfigError(Exception):
+    """The config file is missing, not YAML, or does not match the schema; says where and why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listener(_Model):
+    """One SIP listening socket."""
+
+    name: str = Field(description="Name used in logs and metrics, e.g. 'carrier' or 'teams'.")
+    transport: Transport = Field(description="udp, tcp or tls.")
+    host: str = Field(description="Local IPv4 or IPv6 address to bind.")
+    port: int = Field(ge=1, le=65535, description="Local port to bind.")
+    advertise: str | None = Field(
+        default=None,
+        description="Host (address or FQDN) put in Via and Record-Route for this listener; "
+        "defaults to `host`.",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"host must be an IP address to bind, got {value!r}") from exc
+        return value
+
+    @property
+    def advertised_host(self) -> str:
+        return self.advertise or self.host
+
+
+class Route(_Model):
+    """Where requests that are not routed by a Route header or a foreign Request-URI go."""
+
+    name: str = Field(description="Name used in logs and metrics.")
+    from_listeners: list[str] = Field(
+        default_factory=list,
+        description="Requests that arrived on these listeners take this route; empty means any.",
+    )
+    next_hop: str = Field(
+        description="SIP URI of the next hop, e.g. `sip:192.0.2.10:5060;transport=tcp`. "
+        "Its host is an IP address or a name in `hosts`."
+    )
+    listener: str | None = Field(
+        default=None,
+        description="Listener to send from; default: the first whose transport matches.",
+    )
+    large_over_tcp: bool = Field(
+        default=True,
+        description="Send requests over 1,300 bytes to a UDP next hop over TCP instead "
+        "(RFC 3261 18.1.1). Set false for a peer that does not take TCP.",
+    )
+
+
+class Http(_Model):
+    """Health (/healthz, /readyz) and Prometheus (/metrics) endpoints."""
+
+    host: str = Field(default="127.0.0.1", description="Address the HTTP endpoints bind.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port; 0 picks a free one.")
+
+
+class Timers(_Model):
+    """RFC 3261 timer values (section 17 and table 4)."""
+
+    t1_ms: int = Field(default=500, ge=10, description="T1, the RTT estimate.")
+    t2_ms: int = Field(
+        default=4000, ge=10, description="T2, the longest non-INVITE retransmit interval."
+    )
+    t4_ms: int = Field(
+        default=5000, ge=10, description="T4, how long a message may stay in the network."
+    )
+
+
+class Logging(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    format: Literal["json", "text"] = Field(default="json", description="json: one object a line.")
+
+
+class SbcConfig(_Model):
+    """The whole file."""
+
+    listeners: list[Listener] = Field(min_length=1, description="SIP sockets to listen on.")
+    http: Http = Field(default_factory=Http)
+    timers: Timers = Field(default_factory=Timers)
+    logging: Logging = Field(default_factory=Logging)
+    max_message_size: int = Field(
+        default=65535, ge=1500, le=1048576, description="Larger messages get 513 (or are dropped)."
+    )
+    routes: list[Route] = Field(
+        default_factory=list,
+        description="Static routes, first match wins. Without one, requests for the SBC's own "
+        "address that it does not answer itself get 404.",
+    )
+    hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names resolved to fixed IP addresses (checked before DNS).",
+    )
+    record_route: bool = Field(
+        default=True,
+        description="Insert Record-Route in dialog-creating requests (two when crossing "
+        "listeners, with r2=on), so in-dialog requests come back through the SBC.",
+    )
+    server_header: str = Field(
+        default="teams-sbc", description="Product token sent in Server and User-Agent."
+    )
+    drain_seconds: float = Field(
+        default=32.0, ge=0, description="On SIGTERM, how long open transactions may take to finish."
+    )
+
+    @field_validator("listeners")
+    @classmethod
+    def _unique_names(cls, value: list[Listener]) -> list[Listener]:
+        names = [listener.name for listener in value]
+        if len(names) != len(set(names)):
+            raise ValueError(f"listener names must be unique, got {names}")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> SbcConfig:
+        names = {listener.name for listener in self.listeners}
+        for route in self.routes:
+            unknown = [n for n in [*route.from_listeners, route.listener] if n and n not in names]
+            if unknown:
+                raise ValueError(f"route {route.name!r} names unknown listeners {unknown}")
+        return self
+
+
+def load_config(path: str | Path) -> SbcConfig:
+    """Read and validate a config file; any problem becomes one ConfigError naming the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: object, source: str = "<config>") -> SbcConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return SbcConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc

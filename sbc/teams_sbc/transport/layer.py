@@ -1,0 +1,221 @@
+"""Sockets for the SBC: listeners, connection reuse and outbound connection pooling."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from teams_sbc.config import Listener
+from teams_sbc.metrics import Metrics
+from teams_sbc.sip.framing import FramingError, KeepAlivePing, StreamFramer
+from teams_sbc.sip.peer import Peer
+
+log = logging.getLogger("teams_sbc.transport")
+
+
+#: Called for every complete message: raw bytes, where it came from, the listener's name.
+MessageHandler = Callable[[bytes, Peer, str], None]
+
+
+class _Datagram(asyncio.DatagramProtocol):
+    def __init__(self, listener: Listener, on_message: MessageHandler) -> None:
+        self.listener = listener
+        self.name = listener.name
+        self.on_message = on_message
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio's classes.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if data.strip(b"\r\n") == b"":
+            return  # RFC 5626 keep-alive over UDP is STUN; a bare CRLF is noise
+        self.on_message(data, Peer("udp", str(addr[0]), int(addr[1])), self.name)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the transaction layer times out on its own.
+        log.debug("udp error on %s: %s", self.name, exc)
+
+
+class _Stream(asyncio.Protocol):
+    """One TCP or TLS connection, inbound or outbound, framed by Content-Length."""
+
+    def __init__(self, layer: TransportLayer, listener: Listener, kind: str) -> None:
+        self.layer = layer
+        self.listener = listener
+        self.kind = kind
+        self.framer = StreamFramer(layer.max_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.ready = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = Peer(self.kind, host, port)
+        self.layer._register(self)
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None and self.transport is not None
+        for event in self.framer.feed(data):
+            if isinstance(event, bytes):
+                self.layer.on_message(event, self.peer, self.listener.name)
+            elif isinstance(event, KeepAlivePing):
+                self.transport.write(b"\r\n")  # RFC 5626 4.4.1: pong
+            elif isinstance(event, FramingError):
+                self.layer.metrics.parse_errors.labels(kind="framing").inc()
+                log.warning("closing %s: %s", self.peer, event.reason)
+                if event.response is not None:
+                    self.transport.write(event.response)
+                self.transport.close()
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.layer._unregister(self)
+        if not self.ready.done():
+            self.ready.set_exception(exc or ConnectionError("closed"))
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class TransportLayer:
+    """All listeners of one SBC process and the connections they own."""
+
+    def __init__(
+        self,
+        listeners: list[Listener],
+        on_message: MessageHandler,
+        metrics: Metrics,
+        max_size: int = 65535,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.listeners = {listener.name: listener for listener in listeners}
+        self.on_message = on_message
+        self.metrics = metrics
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self._udp: dict[str, _Datagram] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._conns: dict[tuple[str, str, int], _Stream] = {}
+        self._connecting: dict[tuple[str, str, int], asyncio.Task[_Stream]] = {}
+        self.bound: dict[str, tuple[str, int]] = {}
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners.values():
+            if listener.transport == "udp":
+                family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+                sock.bind((listener.host, listener.port))
+                transport, proto = await loop.create_datagram_endpoint(
+                    functools.partial(_Datagram, listener, self.on_message), sock=sock
+                )
+                self._udp[listener.name] = proto
+                self.bound[listener.name] = transport.get_extra_info("sockname")[:2]
+            elif listener.transport == "tcp":
+                server = await loop.create_server(
+                    functools.partial(_Stream, self, listener, "tcp"),
+                    listener.host,
+                    listener.port,
+                    reuse_address=True,
+                )
+                self._servers.append(server)
+                self.bound[listener.name] = server.sockets[0].getsockname()[:2]
+            else:
+                raise NotImplementedError(
+                    f"listener {listener.name}: transport {listener.transport}"
+                )
+
+    def stop_listening(self) -> None:
+        """Close listening sockets for streams (drain); UDP stays for in-flight transactions."""
+        for server in self._servers:
+            server.close()
+
+    async def close(self) -> None:
+        self.stop_listening()
+        for task in self._connecting.values():
+            task.cancel()
+        for conn in list(self._conns.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        for proto in self._udp.values():
+            if proto.transport is not None:
+                proto.transport.close()
+        await asyncio.sleep(0)
+
+    # -- connection bookkeeping -------------------------------------------------------------
+
+    def _register(self, conn: _Stream) -> None:
+        assert conn.peer is not None
+        self._conns[(conn.kind, conn.peer.host, conn.peer.port)] = conn
+        self.metrics.connections.labels(transport=conn.kind).inc()
+
+    def _unregister(self, conn: _Stream) -> None:
+        if conn.peer is None:
+            return
+        key = (conn.kind, conn.peer.host, conn.peer.port)
+        if self._conns.get(key) is conn:
+            del self._conns[key]
+        self.metrics.connections.labels(transport=conn.kind).dec()
+
+    def connection_count(self, kind: str) -> int:
+        return sum(1 for key in self._conns if key[0] == kind)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, data: bytes, peer: Peer, listener_name: str) -> None:
+        """Send one message; errors are counted and logged, never raised into the core."""
+        if peer.transport == "udp":
+            proto = self._udp.get(listener_name) or next(iter(self._udp.values()), None)
+            if proto is None or proto.transport is None:
+                self._send_failed(peer, "no UDP listener to send from")
+                return
+            proto.transport.sendto(data, (peer.host, peer.port))
+            return
+        key = (peer.transport, peer.host, peer.port)
+        conn = self._conns.get(key)
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            conn.send(data)
+            return
+        asyncio.get_running_loop().create_task(self._connect_and_send(key, data, listener_name))
+
+    async def _connect_and_send(self, key: tuple[str, str, int], data: bytes, name: str) -> None:
+        task = self._connecting.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._connect(key, name))
+            self._connecting[key] = task
+            task.add_done_callback(lambda _t: self._connecting.pop(key, None))
+        try:
+            conn = await asyncio.shield(task)
+        except (TimeoutError, OSError) as exc:
+            self._send_failed(Peer(*key), f"connect failed: {exc}")
+            return
+        conn.send(data)
+
+    async def _connect(self, key: tuple[str, str, int], name: str) -> _Stream:
+        kind, host, port = key
+        listener = self.listeners.get(name) or next(
+            lis for lis in self.listeners.values() if lis.transport == kind
+        )
+        loop = asyncio.get_running_loop()
+        _transport, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: _Stream(self, listener, kind), host, port),
+            self.connect_timeout,
+        )
+        await proto.ready
+        return proto
+
+    def _send_failed(self, peer: Peer, why: str) -> None:
+        self.metrics.send_errors.labels(transport=peer.transport).inc()
+        log.warning("cannot send to %s: %s", peer, why)
