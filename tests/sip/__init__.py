@@ -1,0 +1,1 @@
+"""Tests of the SIP message layer (sbc/teams_sbc/sip)."""
