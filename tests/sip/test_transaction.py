@@ -112,7 +112,10 @@ def invite_client(
 
 
 def response(
-    table: TransactionTable[bytes], status: int, method: str = "INVITE", now: float = 0.0,
+    table: TransactionTable[bytes],
+    status: int,
+    method: str = "INVITE",
+    now: float = 0.0,
     body: bytes | None = None,
 ) -> list[Summary]:
     msg = body if body is not None else str(status).encode()
@@ -122,19 +125,28 @@ def response(
 
 
 def request(
-    table: TransactionTable[bytes], method: str, *, reliable: bool = False, now: float = 0.0,
+    table: TransactionTable[bytes],
+    method: str,
+    *,
+    reliable: bool = False,
+    now: float = 0.0,
     branch: str = BRANCH,
 ) -> list[Summary]:
     return summarise(
         table.receive_request(
-            method.encode(), method=method, branch=branch, sent_by=SENT_BY, reliable=reliable,
+            method.encode(),
+            method=method,
+            branch=branch,
+            sent_by=SENT_BY,
+            reliable=reliable,
             now=now,
         )
     )
 
 
-def server_txn(table: TransactionTable[bytes], method: str, *, reliable: bool = False,
-               now: float = 0.0) -> Transaction[bytes]:
+def server_txn(
+    table: TransactionTable[bytes], method: str, *, reliable: bool = False, now: float = 0.0
+) -> Transaction[bytes]:
     out = table.receive_request(
         method.encode(), method=method, branch=BRANCH, sent_by=SENT_BY, reliable=reliable, now=now
     )
@@ -144,8 +156,9 @@ def server_txn(table: TransactionTable[bytes], method: str, *, reliable: bool = 
     return first.txn
 
 
-def respond(table: TransactionTable[bytes], txn: Transaction[bytes], status: int,
-            now: float = 0.0) -> list[Summary]:
+def respond(
+    table: TransactionTable[bytes], txn: Transaction[bytes], status: int, now: float = 0.0
+) -> list[Summary]:
     return summarise(table.respond(txn, str(status).encode(), status=status, now=now))
 
 
@@ -222,8 +235,7 @@ def test_invite_client_failure_straight_from_calling(
 
 def test_invite_client_timer_d_is_zero_over_tcp(table: TransactionTable[bytes]) -> None:
     txn, _ = invite_client(table, reliable=True)
-    assert response(table, 404, now=1.0) == [("up", b"404"), ("send", b"ACK/404"),
-                                              ("terminated",)]
+    assert response(table, 404, now=1.0) == [("up", b"404"), ("send", b"ACK/404"), ("terminated",)]
     assert state(txn) is State.TERMINATED
     assert len(table) == 0
     assert table.next_deadline() is None or table.advance(1000.0) == []
@@ -285,8 +297,9 @@ def test_cancel_after_final_or_on_non_invite_does_nothing(table: TransactionTabl
     txn, _ = invite_client(table)
     response(table, 200, now=0.1)
     assert summarise(table.cancel(txn, now=0.2)) == []
-    options, _ = table.send_request(b"OPTIONS", method="OPTIONS", branch="z9hG4bK-o",
-                                    reliable=False, now=0.0)
+    options, _ = table.send_request(
+        b"OPTIONS", method="OPTIONS", branch="z9hG4bK-o", reliable=False, now=0.0
+    )
     assert summarise(table.cancel(options, now=0.2)) == []
     assert not options.cancel_noted
 
@@ -344,8 +357,9 @@ def test_non_invite_client_final_response_then_timer_k_absorbs_copies(
     assert clock.run(100.0) == [(6.0, ("terminated",))]
 
 
-def test_non_invite_client_failure_from_trying(table: TransactionTable[bytes],
-                                               clock: Clock) -> None:
+def test_non_invite_client_failure_from_trying(
+    table: TransactionTable[bytes], clock: Clock
+) -> None:
     non_invite_client(table)
     assert response(table, 403, method="OPTIONS", now=0.1) == [("up", b"403")]
     assert clock.run(100.0) == [(5.1, ("terminated",))]
@@ -528,8 +542,14 @@ def test_cancel_is_its_own_server_transaction_and_finds_its_invite(
 
 def test_cancel_matching_needs_the_same_branch_and_sent_by(table: TransactionTable[bytes]) -> None:
     server_txn(table, "INVITE")
-    out = table.receive_request(b"CANCEL", method="CANCEL", branch=BRANCH,
-                                sent_by="198.51.100.1:5060", reliable=False, now=0.1)
+    out = table.receive_request(
+        b"CANCEL",
+        method="CANCEL",
+        branch=BRANCH,
+        sent_by="198.51.100.1:5060",
+        reliable=False,
+        now=0.1,
+    )
     first = out[0]
     assert isinstance(first, PassUp)
     assert table.invite_for_cancel(first.txn) is None
@@ -541,8 +561,9 @@ def test_client_invite_and_its_cancel_are_two_transactions_on_one_branch(
     invite, _ = invite_client(table)
     response(table, 180, now=0.1)
     assert summarise(table.cancel(invite, now=1.0)) == [("cancel",)]
-    cancel, out = table.send_request(b"CANCEL", method="CANCEL", branch=BRANCH, reliable=False,
-                                     now=1.0)
+    cancel, out = table.send_request(
+        b"CANCEL", method="CANCEL", branch=BRANCH, reliable=False, now=1.0
+    )
     assert summarise(out) == [("send", b"CANCEL")]
     # Responses find their transaction by CSeq method (17.1.3).
     assert response(table, 200, method="CANCEL", now=1.1) == [("up", b"200")]
@@ -559,10 +580,9 @@ def test_unmatched_responses_and_acks_are_strays(table: TransactionTable[bytes])
     # The ACK for a 2xx carries a new branch (RFC 3261 17.2.3): no server transaction.
     assert request(table, "ACK", branch="z9hG4bK-other") == [("stray", b"ACK")]
     invite_client(table)
-    assert summarise(table.receive_response(b"200", status=200, method="INVITE",
-                                            branch="z9hG4bK-nope", now=0.1)) == [
-        ("stray", b"200")
-    ]
+    assert summarise(
+        table.receive_response(b"200", status=200, method="INVITE", branch="z9hG4bK-nope", now=0.1)
+    ) == [("stray", b"200")]
     assert response(table, 99, now=0.1) == [("stray", b"99")]  # not a status code
     assert table.stats.strays == 4
     assert len(table) == 1
@@ -609,7 +629,8 @@ def test_transport_error_terminates_with_notification(
         txn = server_txn(table, "INVITE" if kind is Kind.INVITE_SERVER else "BYE")
         respond(table, txn, 100)
     assert summarise(table.transport_error(txn, now=0.2)) == [
-        ("transport failed",), ("terminated",)
+        ("transport failed",),
+        ("terminated",),
     ]
     assert state(txn) is State.TERMINATED
     assert len(table) == 0
@@ -626,7 +647,8 @@ def test_transport_error_in_completed_server_state(
     respond(table, txn, 486)
     clock.run(0.5)
     assert summarise(table.transport_error(txn, now=0.5)) == [
-        ("transport failed",), ("terminated",)
+        ("transport failed",),
+        ("terminated",),
     ]
     assert clock.run(100.0) == []
 
@@ -691,39 +713,74 @@ def test_ten_thousand_transactions_leave_nothing_behind(
         reliable = i % 2 == 0
         ending = next(endings)
         if ending == 0:  # proxied INVITE answered 200
-            out = table.receive_request(b"INVITE", method="INVITE", branch=branch,
-                                        sent_by=SENT_BY, reliable=reliable, now=now)
+            out = table.receive_request(
+                b"INVITE",
+                method="INVITE",
+                branch=branch,
+                sent_by=SENT_BY,
+                reliable=reliable,
+                now=now,
+            )
             server = out[0].txn  # type: ignore[union-attr]
             table.respond(server, b"100", status=100, now=now)
-            table.send_request(b"INVITE", method="INVITE", branch=branch + "c",
-                               reliable=reliable, now=now, build_ack=ack_for)
-            table.receive_response(b"180", status=180, method="INVITE", branch=branch + "c",
-                                   now=now)
+            table.send_request(
+                b"INVITE",
+                method="INVITE",
+                branch=branch + "c",
+                reliable=reliable,
+                now=now,
+                build_ack=ack_for,
+            )
+            table.receive_response(
+                b"180", status=180, method="INVITE", branch=branch + "c", now=now
+            )
             table.respond(server, b"180", status=180, now=now)
-            table.receive_response(b"200", status=200, method="INVITE", branch=branch + "c",
-                                   now=now)
+            table.receive_response(
+                b"200", status=200, method="INVITE", branch=branch + "c", now=now
+            )
             table.respond(server, b"200", status=200, now=now)
         elif ending == 1:  # INVITE rejected, ACKed
-            out = table.receive_request(b"INVITE", method="INVITE", branch=branch,
-                                        sent_by=SENT_BY, reliable=reliable, now=now)
+            out = table.receive_request(
+                b"INVITE",
+                method="INVITE",
+                branch=branch,
+                sent_by=SENT_BY,
+                reliable=reliable,
+                now=now,
+            )
             server = out[0].txn  # type: ignore[union-attr]
             table.respond(server, b"486", status=486, now=now)
-            table.receive_request(b"ACK", method="ACK", branch=branch, sent_by=SENT_BY,
-                                  reliable=reliable, now=now)
+            table.receive_request(
+                b"ACK", method="ACK", branch=branch, sent_by=SENT_BY, reliable=reliable, now=now
+            )
         elif ending == 2:  # INVITE client that never hears back
-            table.send_request(b"INVITE", method="INVITE", branch=branch, reliable=reliable,
-                               now=now, build_ack=ack_for)
+            table.send_request(
+                b"INVITE",
+                method="INVITE",
+                branch=branch,
+                reliable=reliable,
+                now=now,
+                build_ack=ack_for,
+            )
         elif ending == 3:  # OPTIONS answered
-            table.send_request(b"OPTIONS", method="OPTIONS", branch=branch, reliable=reliable,
-                               now=now)
+            table.send_request(
+                b"OPTIONS", method="OPTIONS", branch=branch, reliable=reliable, now=now
+            )
             table.receive_response(b"200", status=200, method="OPTIONS", branch=branch, now=now)
         elif ending == 4:  # BYE received and answered
-            out = table.receive_request(b"BYE", method="BYE", branch=branch, sent_by=SENT_BY,
-                                        reliable=reliable, now=now)
+            out = table.receive_request(
+                b"BYE", method="BYE", branch=branch, sent_by=SENT_BY, reliable=reliable, now=now
+            )
             table.respond(out[0].txn, b"200", status=200, now=now)  # type: ignore[union-attr]
         else:  # INVITE client with a transport error
-            txn, _ = table.send_request(b"INVITE", method="INVITE", branch=branch,
-                                        reliable=reliable, now=now, build_ack=ack_for)
+            txn, _ = table.send_request(
+                b"INVITE",
+                method="INVITE",
+                branch=branch,
+                reliable=reliable,
+                now=now,
+                build_ack=ack_for,
+            )
             table.transport_error(txn, now=now)
     assert len(table) > 0
     clock.run(1000.0)
