@@ -30,6 +30,38 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Microsoft's TLS 1.2 cipher suites for Direct Routing (ECDHE-RSA with AES-GCM or AES-CBC-SHA2),
+#: in OpenSSL's names; TLS 1.3 suites are OpenSSL's defaults.
+MICROSOFT_CIPHERS = (
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256"
+)
+
+
+class Tls(_Model):
+    """Certificate, trust and protocol settings of a TLS listener (server and client side)."""
+
+    cert_file: str = Field(description="PEM file: our certificate followed by its chain.")
+    key_file: str = Field(description="PEM file: the certificate's private key.")
+    ca_file: str | None = Field(
+        default=None, description="PEM trust bundle used to verify the peer's certificate."
+    )
+    verify_peer: bool = Field(
+        default=True,
+        description="Demand and verify the peer's certificate (mutual TLS). Needs `ca_file`.",
+    )
+    ciphers: str = Field(
+        default=MICROSOFT_CIPHERS, description="TLS 1.2 cipher suites (OpenSSL syntax)."
+    )
+    min_version: Literal["1.2", "1.3"] = Field(default="1.2", description="Lowest TLS version.")
+
+    @model_validator(mode="after")
+    def _trust(self) -> Tls:
+        if self.verify_peer and not self.ca_file:
+            raise ValueError("verify_peer needs ca_file (the trust bundle)")
+        return self
+
+
 class Listener(_Model):
     """One SIP listening socket."""
 
@@ -42,6 +74,14 @@ class Listener(_Model):
         description="Host (address or FQDN) put in Via and Record-Route for this listener; "
         "defaults to `host`.",
     )
+
+    tls: Tls | None = Field(default=None, description="Required for transport tls.")
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> Listener:
+        if (self.transport == "tls") != (self.tls is not None):
+            raise ValueError("tls settings go with transport tls, and only with it")
+        return self
 
     @field_validator("host")
     @classmethod
@@ -132,6 +172,9 @@ class SbcConfig(_Model):
     )
     server_header: str = Field(
         default="teams-sbc", description="Product token sent in Server and User-Agent."
+    )
+    tls_reload_seconds: float = Field(
+        default=10.0, gt=0, description="How often certificate files are checked for renewal."
     )
     drain_seconds: float = Field(
         default=32.0, ge=0, description="On SIGTERM, how long open transactions may take to finish."

@@ -13,6 +13,7 @@ from teams_sbc.config import Listener
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.framing import FramingError, KeepAlivePing, StreamFramer
 from teams_sbc.sip.peer import Peer
+from teams_sbc.transport.tls import TlsContexts
 
 log = logging.getLogger("teams_sbc.transport")
 
@@ -103,6 +104,9 @@ class TransportLayer:
         self.metrics = metrics
         self.max_size = max_size
         self.connect_timeout = connect_timeout
+        self.tls: dict[str, TlsContexts] = {
+            lis.name: TlsContexts(lis.tls) for lis in listeners if lis.tls is not None
+        }
         self._udp: dict[str, _Datagram] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[tuple[str, str, int], _Stream] = {}
@@ -123,19 +127,18 @@ class TransportLayer:
                 )
                 self._udp[listener.name] = proto
                 self.bound[listener.name] = transport.get_extra_info("sockname")[:2]
-            elif listener.transport == "tcp":
+            else:
+                tls = self.tls.get(listener.name)
                 server = await loop.create_server(
-                    functools.partial(_Stream, self, listener, "tcp"),
+                    functools.partial(_Stream, self, listener, listener.transport),
                     listener.host,
                     listener.port,
                     reuse_address=True,
+                    ssl=tls.server if tls else None,
+                    ssl_handshake_timeout=self.connect_timeout if tls else None,
                 )
                 self._servers.append(server)
                 self.bound[listener.name] = server.sockets[0].getsockname()[:2]
-            else:
-                raise NotImplementedError(
-                    f"listener {listener.name}: transport {listener.transport}"
-                )
 
     def stop_listening(self) -> None:
         """Close listening sockets for streams (drain); UDP stays for in-flight transactions."""
@@ -188,12 +191,16 @@ class TransportLayer:
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
             conn.send(data)
             return
-        asyncio.get_running_loop().create_task(self._connect_and_send(key, data, listener_name))
+        asyncio.get_running_loop().create_task(
+            self._connect_and_send(key, data, listener_name, peer.server_name)
+        )
 
-    async def _connect_and_send(self, key: tuple[str, str, int], data: bytes, name: str) -> None:
+    async def _connect_and_send(
+        self, key: tuple[str, str, int], data: bytes, name: str, server_name: str | None
+    ) -> None:
         task = self._connecting.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._connect(key, name))
+            task = asyncio.get_running_loop().create_task(self._connect(key, name, server_name))
             self._connecting[key] = task
             task.add_done_callback(lambda _t: self._connecting.pop(key, None))
         try:
@@ -203,14 +210,25 @@ class TransportLayer:
             return
         conn.send(data)
 
-    async def _connect(self, key: tuple[str, str, int], name: str) -> _Stream:
+    async def _connect(
+        self, key: tuple[str, str, int], name: str, server_name: str | None
+    ) -> _Stream:
         kind, host, port = key
-        listener = self.listeners.get(name) or next(
-            lis for lis in self.listeners.values() if lis.transport == kind
-        )
+        listener = self.listeners.get(name)
+        if listener is None or listener.transport != kind:
+            listener = next(lis for lis in self.listeners.values() if lis.transport == kind)
         loop = asyncio.get_running_loop()
+        tls = self.tls.get(listener.name) if kind == "tls" else None
+        if kind == "tls" and tls is None:
+            raise OSError(f"no TLS listener to take certificates from for {host}:{port}")
         _transport, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: _Stream(self, listener, kind), host, port),
+            loop.create_connection(
+                functools.partial(_Stream, self, listener, kind),
+                host,
+                port,
+                ssl=tls.client if tls else None,
+                server_hostname=(server_name or host) if tls else None,
+            ),
             self.connect_timeout,
         )
         await proto.ready
