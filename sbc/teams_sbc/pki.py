@@ -38,7 +38,7 @@ def _new_key(kind: str) -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _write_key(path: Path, key: PrivateKey) -> None:
+def write_private_key(path: Path, key: PrivateKey) -> None:
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -93,7 +93,7 @@ class DevCA:
         )
         self.cert_path = directory / f"{name}.crt"
         self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(directory / f"{name}.key", self.key)
+        write_private_key(directory / f"{name}.key", self.key)
 
     def issue(
         self,
@@ -146,5 +146,5 @@ class DevCA:
             cert.public_bytes(serialization.Encoding.PEM)
             + self.cert.public_bytes(serialization.Encoding.PEM)
         )
-        _write_key(files.key, key)
+        write_private_key(files.key, key)
         return files

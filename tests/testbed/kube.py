@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
-import ipaddress
 import os
 import signal
 import ssl
@@ -31,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from teams_sbc.pki import CertFiles, DevCA, write_private_key
 from tests.testbed import kube_build
 from tests.testbed.process import ManagedProcess, PartFailed, free_port, wait_until
 
@@ -66,108 +63,15 @@ class CommandFailed(subprocess.CalledProcessError):
 # --- certificates ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class KeyPair:
-    """A certificate and its private key, as PEM files."""
-
-    cert: Path
-    key: Path
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
-class CertificateAuthority:
-    """A throw-away CA that signs the control plane's serving and client certificates."""
-
-    def __init__(self, directory: Path, stem: str = "ca", name: str = "teams-sbc-test-ca") -> None:
-        self.directory = directory
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
-            )
-            .sign(self.key, hashes.SHA256())
-        )  # fmt: skip
-        self.cert_path = directory / f"{stem}.crt"
-        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(directory / f"{stem}.key", self.key)
-
-    def issue(
-        self,
-        name: str,
-        common_name: str,
-        organizations: Sequence[str] = (),
-        dns_names: Sequence[str] = (),
-        ip_addresses: Sequence[str] = (),
-    ) -> KeyPair:
-        """A leaf certificate: a server one when it has names/addresses, else a client one."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-        attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
-        now = datetime.datetime.now(datetime.UTC)
-        is_server = bool(dns_names or ip_addresses)
-        usage = x509.oid.ExtendedKeyUsageOID
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attributes))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([usage.SERVER_AUTH if is_server else usage.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
-        )
-        if is_server:
-            names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-            names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        pair = KeyPair(self.directory / f"{name}.crt", self.directory / f"{name}.key")
-        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(pair.key, key)
-        return pair
+#: The control plane's certificates come from the product's throw-away CA (EC keys here).
+KeyPair = CertFiles
 
 
 def write_service_account_keys(directory: Path) -> KeyPair:
     """The key pair service-account tokens are signed with (``cert`` holds the public key)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pair = KeyPair(directory / "sa.pub", directory / "sa.key")
-    _write_key(pair.key, key)
+    write_private_key(pair.key, key)
     pair.cert.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -350,7 +254,7 @@ def start_apiserver(
     *,
     etcd_url: str,
     pki: Path,
-    ca: CertificateAuthority,
+    ca: DevCA,
     sa_keys: KeyPair,
     admin: KeyPair,
     log_dir: Path,
@@ -362,7 +266,7 @@ def start_apiserver(
     # The front-proxy (request-header) CA, as kubeadm sets it up: it lets the controller
     # manager's delegated authentication load a complete configuration (and aggregated API
     # servers work), instead of logging a missing request-header CA forever.
-    front_proxy_ca = CertificateAuthority(pki, stem="front-proxy-ca", name="front-proxy-ca")
+    front_proxy_ca = DevCA(pki, name="front-proxy-ca", key_type="ec")
     front_proxy_client = front_proxy_ca.issue("front-proxy-client", "front-proxy-client")
     serving = ca.issue(
         "apiserver",
@@ -420,7 +324,7 @@ def start_controller_manager(
     *,
     kubeconfig: Path,
     pki: Path,
-    ca: CertificateAuthority,
+    ca: DevCA,
     sa_keys: KeyPair,
     log_dir: Path,
     started: list[ManagedProcess],
@@ -472,7 +376,7 @@ def control_plane(
             raise PartFailed(f"{name} was not built at {path}: run tests.testbed.kube_build")
     pki = work_dir / "pki"
     pki.mkdir(parents=True, exist_ok=True)
-    ca = CertificateAuthority(pki)
+    ca = DevCA(pki, key_type="ec")
     sa_keys = write_service_account_keys(pki)
     admin = ca.issue("admin", "teams-sbc-test-admin", organizations=("system:masters",))
     kcm_client = ca.issue("kube-controller-manager", "system:kube-controller-manager")
