@@ -1,0 +1,348 @@
+"""Real packets through the real rtpengine: the carrier's plain RTP reaches Teams as SRTP that
+decrypts (with the key rtpengine put in its SDP) to the same payload bytes, and Teams' SRTP
+(encrypted with our own key) reaches the carrier as plain RTP. Every test checks with
+rtpengine's `list` that no session is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from teams_sbc.media.legs import Leg, MediaPolicy
+from teams_sbc.media.relays import MediaRelay, RelayPool
+from teams_sbc.media.rtp import RtpPacket, is_rtcp
+from teams_sbc.media.srtp import SdesKey, SrtpSession
+from tests.media.peers import (
+    TELEPHONE_EVENT,
+    UdpPeer,
+    audio,
+    carrier_sdp,
+    crypto_keys,
+    pcmu_packets,
+    pool_for,
+    run,
+    started,
+    teams_sdp,
+)
+from tests.testbed.rtpengine import Rtpengine
+
+POLICY = MediaPolicy()
+CARRIER_TAG, TEAMS_TAG = "carrier-tag", "teams-tag"
+
+
+@dataclass
+class Call:
+    """One anchored call as both endpoints see it."""
+
+    relay: MediaRelay
+    call_id: str
+    carrier: UdpPeer
+    teams: UdpPeer
+    to_teams: str = ""  # the SDP rtpengine gave Teams last
+    to_carrier: str = ""  # the SDP rtpengine gave the carrier last
+    teams_key: SdesKey | None = None  # what Teams encrypts with (its own key)
+
+    @property
+    def rtpengine_key(self) -> SdesKey:
+        """The key rtpengine encrypts towards Teams with: its crypto line under our tag."""
+        assert self.teams_key is not None
+        (key,) = [k for k in crypto_keys(self.to_teams) if k.tag == self.teams_key.tag]
+        return key
+
+    async def carrier_to_teams(self, packets: list[RtpPacket]) -> list[RtpPacket]:
+        """Send plain RTP as the carrier; what Teams receives, decrypted with rtpengine's key."""
+        port = audio(self.to_carrier).port
+        for packet in packets:
+            self.carrier.send(packet.encode(), port)
+        receiver = SrtpSession(self.rtpengine_key, outbound=False)
+        out: list[RtpPacket] = []
+        while len(out) < len(packets):
+            data = await self.teams.receive()
+            assert data[0] >> 6 == 2, f"not RTP (a STUN check?): {data[:4].hex()}"
+            if not is_rtcp(data):
+                out.append(RtpPacket.decode(receiver.unprotect(data)))
+        return out
+
+    async def teams_to_carrier(self, packets: list[RtpPacket]) -> list[RtpPacket]:
+        """Send SRTP as Teams, encrypted with Teams' own key; what the carrier receives."""
+        assert self.teams_key is not None
+        sender = SrtpSession(self.teams_key, outbound=True)
+        port = audio(self.to_teams).port
+        for packet in packets:
+            self.teams.send(sender.protect(packet.encode()), port)
+        out: list[RtpPacket] = []
+        while len(out) < len(packets):
+            out.append(RtpPacket.decode(await self.carrier.receive()))
+        return out
+
+
+@contextlib.asynccontextmanager
+async def anchored(pool: RelayPool, call_id: str) -> AsyncIterator[Call]:
+    """A carrier-to-Teams call: offer on the carrier's INVITE, answer on Teams' 200."""
+    carrier, teams = await UdpPeer.open(), await UdpPeer.open()
+    relay = pool.pick()
+    before = await relay.client.list_calls()
+    call = Call(relay, call_id, carrier, teams)
+    try:
+        call.to_teams = await relay.offer(
+            call_id=call_id,
+            from_tag=CARRIER_TAG,
+            sdp=carrier_sdp(carrier.port),
+            towards=Leg.TEAMS,
+            policy=POLICY,
+        )
+        call.teams_key = SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1)
+        call.to_carrier = await relay.answer(
+            call_id=call_id,
+            from_tag=CARRIER_TAG,
+            to_tag=TEAMS_TAG,
+            sdp=teams_sdp(teams.port, [call.teams_key]),
+            towards=Leg.CARRIER,
+            policy=POLICY,
+        )
+        yield call
+    finally:
+        await relay.delete(call_id=call_id, from_tag=CARRIER_TAG, to_tag=TEAMS_TAG)
+        carrier.close()
+        teams.close()
+        assert await relay.client.list_calls() == before, "rtpengine kept a session"
+
+
+def payloads(packets: list[RtpPacket]) -> list[tuple[int, int, bytes]]:
+    return [(p.payload_type, p.sequence, p.payload) for p in packets]
+
+
+def test_carrier_rtp_becomes_teams_srtp_and_back(rtpengine: Rtpengine) -> None:
+    async def scenario() -> None:
+        async with started(pool_for(rtpengine)) as pool, anchored(pool, "pkt-1") as call:
+            offer = audio(call.to_teams)
+            assert offer.protocol == "RTP/SAVP" and offer.rtcp_mux
+            assert {k.suite for k in crypto_keys(call.to_teams)} == {
+                "AES_CM_128_HMAC_SHA1_80",
+                "AES_CM_128_HMAC_SHA1_32",
+            }
+            assert not offer.attribute_values("fingerprint") and "ice-ufrag" not in call.to_teams
+            answer = audio(call.to_carrier)
+            assert (answer.protocol, answer.formats) == ("RTP/AVP", ("0", "8", "101"))
+            assert "crypto" not in call.to_carrier and not answer.rtcp_mux
+
+            sent = pcmu_packets(5, ssrc=0x11111111)
+            assert payloads(await call.carrier_to_teams(sent)) == payloads(sent)
+
+            back = pcmu_packets(5, ssrc=0x22222222, first_seq=7000, marker=100)
+            assert payloads(await call.teams_to_carrier(back)) == payloads(back)
+
+            # RFC 4733 events pass through untouched (payload type 101, 4-byte event).
+            event = RtpPacket(TELEPHONE_EVENT, 1005, 160 * 1005, 0x11111111, b"\x05\x8a\x03\x20")
+            (got,) = await call.carrier_to_teams([event])
+            assert (got.payload_type, got.payload) == (TELEPHONE_EVENT, event.payload)
+
+    run(scenario())
+
+
+def test_hold_reaches_teams_as_inactive_and_resume_restores_media(rtpengine: Rtpengine) -> None:
+    async def scenario() -> None:
+        async with started(pool_for(rtpengine)) as pool, anchored(pool, "hold-1") as call:
+            relay, port = call.relay, call.carrier.port
+            for version, held in [
+                (2, carrier_sdp(port, version=2, direction="sendonly")),
+                (3, carrier_sdp(port, version=3, ip="0.0.0.0")),  # RFC 2543 style hold
+            ]:
+                to_teams = await relay.offer(
+                    call_id=call.call_id,
+                    from_tag=CARRIER_TAG,
+                    to_tag=TEAMS_TAG,
+                    sdp=held,
+                    towards=Leg.TEAMS,
+                    policy=POLICY,
+                )
+                media = audio(to_teams)
+                assert media.direction == "inactive", (version, to_teams)
+                assert "sendonly" not in to_teams and "recvonly" not in to_teams
+                assert media.address == "127.0.0.1"  # never c=0.0.0.0 towards Teams
+                assert call.teams_key is not None
+                await relay.answer(
+                    call_id=call.call_id,
+                    from_tag=CARRIER_TAG,
+                    to_tag=TEAMS_TAG,
+                    sdp=teams_sdp(call.teams.port, [call.teams_key], version, "inactive"),
+                    towards=Leg.CARRIER,
+                    policy=POLICY,
+                )
+
+            call.to_teams = await relay.offer(
+                call_id=call.call_id,
+                from_tag=CARRIER_TAG,
+                to_tag=TEAMS_TAG,
+                sdp=carrier_sdp(port, version=4),
+                towards=Leg.TEAMS,
+                policy=POLICY,
+            )
+            assert audio(call.to_teams).direction == "sendrecv"
+            assert call.teams_key is not None
+            call.to_carrier = await relay.answer(
+                call_id=call.call_id,
+                from_tag=CARRIER_TAG,
+                to_tag=TEAMS_TAG,
+                sdp=teams_sdp(call.teams.port, [call.teams_key], 4),
+                towards=Leg.CARRIER,
+                policy=POLICY,
+            )
+            sent = pcmu_packets(3, ssrc=0x33333333, first_seq=2000)
+            assert payloads(await call.carrier_to_teams(sent)) == payloads(sent)
+
+    run(scenario())
+
+
+def test_teams_reinvite_with_new_keys_keeps_media_flowing(rtpengine: Rtpengine) -> None:
+    async def scenario() -> None:
+        async with started(pool_for(rtpengine)) as pool, anchored(pool, "rekey-1") as call:
+            relay = call.relay
+            first = pcmu_packets(3, ssrc=0x44444444, first_seq=3000)
+            assert payloads(await call.teams_to_carrier(first)) == payloads(first)
+            old_key = call.teams_key
+
+            # Teams re-INVITEs (its tag is now the From tag) with a fresh key of its own.
+            call.teams_key = SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1)
+            to_carrier = await relay.offer(
+                call_id=call.call_id,
+                from_tag=TEAMS_TAG,
+                to_tag=CARRIER_TAG,
+                sdp=teams_sdp(call.teams.port, [call.teams_key], version=2),
+                towards=Leg.CARRIER,
+                policy=POLICY,
+            )
+            assert "crypto" not in to_carrier and audio(to_carrier).protocol == "RTP/AVP"
+            call.to_teams = await relay.answer(
+                call_id=call.call_id,
+                from_tag=TEAMS_TAG,
+                to_tag=CARRIER_TAG,
+                sdp=carrier_sdp(call.carrier.port, version=2),
+                towards=Leg.TEAMS,
+                policy=POLICY,
+            )
+            (answer_key,) = crypto_keys(call.to_teams)
+            assert answer_key.tag == 1 and answer_key.suite == "AES_CM_128_HMAC_SHA1_80"
+            assert call.teams_key != old_key
+
+            after = pcmu_packets(3, ssrc=0x44444444, first_seq=3003, marker=50)
+            assert payloads(await call.teams_to_carrier(after)) == payloads(after)
+            back = pcmu_packets(3, ssrc=0x55555555, first_seq=100)
+            assert payloads(await call.carrier_to_teams(back)) == payloads(back)
+
+    run(scenario())
+
+
+def test_call_from_teams_with_microsoft_sdp(rtpengine: Rtpengine) -> None:
+    """Teams offers (ICE candidates, x-candidate-ipv6, rtcp-mux, an MKI on its first key and a
+    second key without); the carrier gets plain RTP/AVP with its codecs and no candidates."""
+
+    async def scenario() -> None:
+        async with started(pool_for(rtpengine)) as pool:
+            relay = pool.pick()
+            carrier, teams = await UdpPeer.open(), await UdpPeer.open()
+            mki_key = SdesKey(
+                2, "AES_CM_128_HMAC_SHA1_80", SdesKey.generate().key_salt, "2^31", 1, 1
+            )
+            plain_key = SdesKey(3, "AES_CM_128_HMAC_SHA1_80", SdesKey.generate().key_salt, "2^31")
+            try:
+                to_carrier = await relay.offer(
+                    call_id="out-1",
+                    from_tag=TEAMS_TAG,
+                    sdp=teams_sdp(teams.port, [mki_key, plain_key], ice=True),
+                    towards=Leg.CARRIER,
+                    policy=POLICY,
+                )
+                offer = audio(to_carrier)
+                assert offer.protocol == "RTP/AVP"
+                assert offer.formats == ("0", "8", "101", "13")  # the codecs Teams offered
+                for gone in ("crypto", "candidate", "ice-", "x-candidate", "rtcp-mux"):
+                    assert gone not in to_carrier, gone
+                to_teams = await relay.answer(
+                    call_id="out-1",
+                    from_tag=TEAMS_TAG,
+                    to_tag=CARRIER_TAG,
+                    sdp=carrier_sdp(carrier.port),
+                    towards=Leg.TEAMS,
+                    policy=POLICY,
+                )
+                answer = audio(to_teams)
+                assert answer.protocol == "RTP/SAVP" and answer.rtcp_mux
+                (ours,) = crypto_keys(to_teams)
+                assert ours.tag == 2 and ours.mki is None  # Teams' first key, MKI and all
+                call = Call(relay, "out-1", carrier, teams, to_teams, to_carrier, mki_key)
+                sent = pcmu_packets(4, ssrc=0x66666666)
+                assert payloads(await call.teams_to_carrier(sent)) == payloads(sent)
+                back = pcmu_packets(4, ssrc=0x77777777, first_seq=9000)
+                assert payloads(await call.carrier_to_teams(back)) == payloads(back)
+            finally:
+                await relay.delete(call_id="out-1", from_tag=TEAMS_TAG)
+                carrier.close()
+                teams.close()
+            assert await relay.client.list_calls() == []
+
+    run(scenario())
+
+
+def test_teams_offering_only_the_32_bit_tag_is_accepted(rtpengine: Rtpengine) -> None:
+    async def scenario() -> None:
+        async with started(pool_for(rtpengine)) as pool:
+            relay = pool.pick()
+            carrier, teams = await UdpPeer.open(), await UdpPeer.open()
+            key = SdesKey.generate("AES_CM_128_HMAC_SHA1_32", tag=1)
+            try:
+                to_carrier = await relay.offer(
+                    call_id="out-32",
+                    from_tag=TEAMS_TAG,
+                    sdp=teams_sdp(teams.port, [key]),
+                    towards=Leg.CARRIER,
+                    policy=POLICY,
+                )
+                to_teams = await relay.answer(
+                    call_id="out-32",
+                    from_tag=TEAMS_TAG,
+                    to_tag=CARRIER_TAG,
+                    sdp=carrier_sdp(carrier.port),
+                    towards=Leg.TEAMS,
+                    policy=POLICY,
+                )
+                (ours,) = crypto_keys(to_teams)
+                assert ours.suite == "AES_CM_128_HMAC_SHA1_32"
+                call = Call(relay, "out-32", carrier, teams, to_teams, to_carrier, key)
+                sent = pcmu_packets(3, ssrc=0x88888888)
+                assert payloads(await call.teams_to_carrier(sent)) == payloads(sent)
+                assert payloads(await call.carrier_to_teams(sent)) == payloads(sent)
+            finally:
+                await relay.delete(call_id="out-32", from_tag=TEAMS_TAG)
+                carrier.close()
+                teams.close()
+            assert await relay.client.list_calls() == []
+
+    run(scenario())
+
+
+def test_media_bypass_offers_teams_one_ice_lite_candidate(rtpengine: Rtpengine) -> None:
+    async def scenario() -> None:
+        async with started(pool_for(rtpengine)) as pool:
+            relay = pool.pick()
+            try:
+                to_teams = await relay.offer(
+                    call_id="bypass-1",
+                    from_tag=CARRIER_TAG,
+                    sdp=carrier_sdp(40000),
+                    towards=Leg.TEAMS,
+                    policy=MediaPolicy(bypass=True),
+                )
+            finally:
+                await relay.delete(call_id="bypass-1", from_tag=CARRIER_TAG)
+            assert "a=ice-lite" in to_teams
+            media = audio(to_teams)
+            candidates = media.attribute_values("candidate")
+            assert len({c.split()[0] for c in candidates}) == 1  # one foundation: one address
+            assert all(f" {media.port} " in c or f" {media.port + 1} " in c for c in candidates)
+            assert media.protocol == "RTP/SAVP" and crypto_keys(to_teams)
+            assert await relay.client.list_calls() == []
+
+    run(scenario())
