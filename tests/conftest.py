@@ -12,6 +12,7 @@ from tests.testbed import process
 pytest_plugins = [
     "tests.testbed.fixtures_debian",
     "tests.testbed.fixtures_kube",
+    "tests.testbed.fixtures_sbc",
 ]
 
 

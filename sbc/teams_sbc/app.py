@@ -38,6 +38,7 @@ class Sbc:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._drained = asyncio.Event()
+        self._reloader: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -46,6 +47,8 @@ class Sbc:
         await self.transports.start()
         self.core.set_bound_addresses(self.transports.bound)
         await self.health.start()
+        if self.transports.tls:
+            self._reloader = asyncio.get_running_loop().create_task(self._reload_tls())
         self.metrics.ready.set(1)
         log.info(
             "sbc started",
@@ -54,6 +57,13 @@ class Sbc:
                 "http_port": self.health.bound_port,
             },
         )
+
+    async def _reload_tls(self) -> None:
+        """Pick up renewed certificates: new connections get them, calls go on."""
+        while True:
+            await asyncio.sleep(self.config.tls_reload_seconds)
+            for contexts in self.transports.tls.values():
+                contexts.reload_if_changed()
 
     def readiness(self) -> tuple[bool, list[str]]:
         reasons = self.core.not_ready_reasons()
@@ -78,6 +88,8 @@ class Sbc:
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._reloader is not None:
+            self._reloader.cancel()
         await self.transports.close()
         await self.health.stop()
 

@@ -5,7 +5,53 @@ Each running SBC owns a registry (tests run several in one process); `/metrics` 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+#: Returns current values by label, read at scrape time.
+Reading = Callable[[], Mapping[str, int]]
+
+
+class _TransactionCollector(Collector):
+    """The transaction table's own counts, read when Prometheus scrapes.
+
+    Nothing is updated per message: the table already keeps these numbers (live transactions by
+    kind, its :class:`~teams_sbc.sip.transaction.Stats`), so the hot path pays nothing for them.
+    """
+
+    def __init__(self) -> None:
+        self.counts: Reading = dict
+        self.stats: Reading = dict
+
+    def collect(self) -> Iterator[Metric]:
+        live = GaugeMetricFamily(
+            "sbc_sip_transactions", "Transactions in progress, by kind.", labels=["kind"]
+        )
+        for kind, count in sorted(self.counts().items()):
+            live.add_metric([kind], count)
+        yield live
+        stats = self.stats()
+        retransmissions = CounterMetricFamily(
+            "sbc_sip_retransmissions",
+            "Retransmissions sent by our transactions and absorbed from peers.",
+            labels=["direction"],
+        )
+        retransmissions.add_metric(["sent"], stats.get("retransmissions_sent", 0))
+        retransmissions.add_metric(["absorbed"], stats.get("retransmissions_absorbed", 0))
+        yield retransmissions
+        events = CounterMetricFamily(
+            "sbc_sip_transaction_events",
+            "Transactions created and ended, timeouts (timers B, F, H), transport failures, "
+            "strays (responses and ACKs matching no transaction), ignored events.",
+            labels=["event"],
+        )
+        for event in ("created", "terminated", "timeouts", "transport_failures", "strays",
+                      "ignored"):  # fmt: skip
+            events.add_metric([event], stats.get(event, 0))
+        yield events
 
 
 class Metrics:
@@ -27,15 +73,8 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.transactions = Gauge(
-            "sbc_sip_transactions", "Transactions in progress, by kind.", ["kind"], registry=r
-        )
-        self.retransmissions = Counter(
-            "sbc_sip_retransmissions",
-            "Retransmissions sent by our transactions and absorbed from peers.",
-            ["direction"],
-            registry=r,
-        )
+        self._transactions = _TransactionCollector()
+        r.register(self._transactions)
         self.connections = Gauge(
             "sbc_transport_connections",
             "Open stream connections, by transport (tcp, tls).",
@@ -48,4 +87,16 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.large_over_udp = Counter(
+            "sbc_sip_large_udp_requests",
+            "Requests over 1,300 bytes sent over UDP all the same: the next hop takes no TCP "
+            "(RFC 3261 18.1.1).",
+            registry=r,
+        )
         self.ready = Gauge("sbc_ready", "1 when the SBC takes new calls.", registry=r)
+
+    def observe_transactions(self, counts: Reading, stats: Reading) -> None:
+        """Where ``sbc_sip_transactions``, ``sbc_sip_retransmissions`` and
+        ``sbc_sip_transaction_events`` come from: the SIP core's transaction table."""
+        self._transactions.counts = counts
+        self._transactions.stats = stats

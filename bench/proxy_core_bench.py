@@ -1,0 +1,145 @@
+"""In-process benchmark of the sans-IO proxy core: whole calls, no sockets, no event loop.
+
+`uv run python bench/proxy_core_bench.py --calls 20000 [--profile]` plays sipp's built-in uac and
+uas scenarios (INVITE, 100, 180, 200, ACK, BYE, 200) through `Proxy.receive` and prints the core's
+CPU time per call. It isolates the core from the transport and from the load generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+from teams_sbc.config import parse_config
+from teams_sbc.metrics import Metrics
+from teams_sbc.sip.peer import Peer
+from teams_sbc.sip.proxy import Proxy
+
+UAC = Peer("udp", "127.0.0.1", 5061)
+UAS = Peer("udp", "127.0.0.1", 5080)
+
+CONFIG = {
+    "listeners": [{"name": "a", "transport": "udp", "host": "127.0.0.1", "port": 5060}],
+    "routes": [{"name": "uas", "next_hop": "sip:127.0.0.1:5080"}],
+}
+
+SDP = (
+    "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    "t=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+
+
+def invite(n: int) -> bytes:
+    return (
+        f"INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-{n}-0\r\n"
+        f"From: sipp <sip:sipp@127.0.0.1:5061>;tag=1SIPpTag00{n}\r\n"
+        f"To: service <sip:service@127.0.0.1:5060>\r\n"
+        f"Call-ID: {n}-1@127.0.0.1\r\n"
+        f"CSeq: 1 INVITE\r\n"
+        f"Contact: sip:sipp@127.0.0.1:5061\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"Subject: Performance Test\r\n"
+        f"Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(SDP)}\r\n\r\n{SDP}"
+    ).encode()
+
+
+def in_dialog(method: str, n: int, cseq: int, branch: str) -> bytes:
+    return (
+        f"{method} sip:service@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-{n}-{branch}\r\n"
+        f"From: sipp <sip:sipp@127.0.0.1:5061>;tag=1SIPpTag00{n}\r\n"
+        f"To: service <sip:service@127.0.0.1:5060>;tag=2SIPpTag01{n}\r\n"
+        f"Call-ID: {n}-1@127.0.0.1\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"Contact: sip:sipp@127.0.0.1:5061\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"Subject: Performance Test\r\n"
+        f"Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def answer(request: bytes, status: str, tag: bool, body: str = "") -> bytes:
+    """What sipp's uas sends back: the request's Vias joined on one line, To with a tag."""
+    lines = request.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")[1:]
+    vias = [line[5:] for line in lines if line.startswith("Via: ")]
+    keep = {
+        k: v
+        for k, v in (line.split(": ", 1) for line in lines)
+        if k in ("From", "To", "Call-ID", "CSeq")
+    }
+    to = keep["To"] + (";tag=2SIPpTag01x" if tag and ";tag=" not in keep["To"] else "")
+    rr = "".join(line + "\r\n" for line in lines if line.startswith("Record-Route: "))
+    extra = "Content-Type: application/sdp\r\n" if body else ""
+    return (
+        f"SIP/2.0 {status}\r\nVia: {', '.join(vias)}\r\nFrom: {keep['From']}\r\nTo: {to}\r\n"
+        f"Call-ID: {keep['Call-ID']}\r\nCSeq: {keep['CSeq']}\r\n{rr}"
+        "Contact: <sip:127.0.0.1:5080;transport=UDP>\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+def run(calls: int) -> float:
+    return _run(calls)[0]
+
+
+def run_proxy(calls: int) -> Proxy:
+    return _run(calls)[1]
+
+
+def _run(calls: int) -> tuple[float, Proxy]:
+    proxy = Proxy(parse_config(CONFIG), Metrics())
+    now = 0.0
+    start = time.process_time()
+    for n in range(calls):
+        now += 0.0005
+        proxy.receive(invite(n), UAC, "a", now)
+        fwd = next(o.data for o in proxy.outbox if o.peer == UAS)
+        proxy.outbox.clear()
+        proxy.receive(answer(fwd, "100 Trying", False), UAS, "a", now)
+        proxy.receive(answer(fwd, "180 Ringing", True), UAS, "a", now)
+        proxy.receive(answer(fwd, "200 OK", True, SDP), UAS, "a", now)
+        proxy.outbox.clear()
+        proxy.receive(in_dialog("ACK", n, 1, "5"), UAC, "a", now)
+        proxy.outbox.clear()
+        proxy.receive(in_dialog("BYE", n, 2, "6"), UAC, "a", now)
+        fwd_bye = next(o.data for o in proxy.outbox if o.peer == UAS)
+        proxy.outbox.clear()
+        proxy.receive(answer(fwd_bye, "200 OK", False), UAS, "a", now)
+        proxy.outbox.clear()
+        proxy.advance(now)
+    return (time.process_time() - start) / calls, proxy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="bytes held per call afterwards")
+    args = parser.parse_args()
+    if args.memory:
+        import gc
+        import tracemalloc
+
+        tracemalloc.start()
+        proxy = run_proxy(args.calls)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+        print(f"{len(proxy.txns)} transactions alive; {held / args.calls:.0f} bytes held per call")
+        return
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        per_call = run(args.calls)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    else:
+        per_call = run(args.calls)
+    print(f"core CPU per call: {per_call * 1e6:.1f} us (message building included)")
+
+
+if __name__ == "__main__":
+    main()

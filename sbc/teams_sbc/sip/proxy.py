@@ -1,0 +1,940 @@
+"""The stateful proxy (RFC 3261 section 16) on top of the transaction layer, sans-IO.
+
+:class:`Proxy` takes bytes, where they came from and ``now``; it queues what must be sent in
+:attr:`Proxy.outbox` and tells the driver when it next needs :meth:`Proxy.advance`. No sockets,
+clocks or asyncio here (``teams_sbc.app`` is the driver).
+
+Routing needs no per-dialog memory: the Record-Route entries we insert name the listener they
+belong to by its address and transport, so whichever SBC process receives an in-dialog request
+pops its own Route entries and knows, from the last one, which listener to send from
+(see :meth:`Proxy._pop_own_routes`). Per-transaction state (the response context of 16.7) lives
+only as long as the transactions; the proxy's own timer C (16.6 step 11) makes sure an INVITE
+that rings forever ends too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from teams_sbc.config import Route, SbcConfig
+from teams_sbc.metrics import Metrics
+from teams_sbc.sip.errors import SipParseError
+from teams_sbc.sip.headers import Via, parse_name_addr
+from teams_sbc.sip.message import (
+    DEFAULT_MAX_FORWARDS,
+    Message,
+    Request,
+    Response,
+    error_response,
+    make_response,
+    parse_message,
+)
+from teams_sbc.sip.peer import Outgoing, Peer
+from teams_sbc.sip.transaction import (
+    Kind,
+    PassUp,
+    Send,
+    SendCancel,
+    State,
+    Stray,
+    Terminated,
+    TimedOut,
+    TimerConfig,
+    Transaction,
+    TransactionTable,
+    TransportFailed,
+)
+from teams_sbc.sip.uri import SipUri, Uri
+
+log = logging.getLogger("teams_sbc.proxy")
+
+MAGIC = "z9hG4bK"
+#: Our branches start with this, so a Via of ours is recognisable in loop detection.
+BRANCH_PREFIX = MAGIC + "ts"
+#: RFC 3261 16.6 step 11: timer C, how long a forwarded INVITE may go without a final response
+#: once it rings ("MUST be greater than 3 minutes").
+TIMER_C = 185.0
+#: RFC 3261 18.1.1: a request over this size is sent over a congestion-controlled transport.
+UDP_SIZE_LIMIT = 1300
+#: Requests that create a dialog and therefore get Record-Route (RFC 3261 16.6 step 4).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, NOTIFY, SUBSCRIBE, MESSAGE"
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+#: Methods counted under their own name in ``sbc_sip_requests``; any other token a peer sends
+#: (RFC 3261 allows extension methods, and a proxy forwards them) is counted as "other", so
+#: no input can grow the metric's label set without bound.
+COUNTED_METHODS = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"}
+)  # fmt: skip
+_PENDING = frozenset({State.CALLING, State.TRYING, State.PROCEEDING})
+
+
+@dataclass(slots=True)
+class _Local:
+    """One listener as the core sees it: where it is bound and how it names itself."""
+
+    name: str
+    transport: str
+    host: str  # advertised host (address or FQDN) for Via and Record-Route
+    port: int
+    bind_host: str
+
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+    def rr_uri(self, r2: bool) -> str:
+        transport = "" if self.transport == "udp" else f";transport={self.transport}"
+        return f"<sip:{self.hostport()}{transport};lr{';r2=on' if r2 else ''}>"
+
+
+@dataclass(slots=True)
+class _ServerCtx:
+    """What a server transaction needs: where responses go, and its response context."""
+
+    peer: Peer
+    listener: str
+    rctx: _ResponseContext | None = None
+
+
+@dataclass(slots=True)
+class _ClientCtx:
+    peer: Peer
+    listener: str
+    rctx: _ResponseContext | None  # None for a CANCEL we originate
+
+
+@dataclass(slots=True)
+class _ResponseContext:
+    """RFC 3261 16.7's response context for one forwarded request."""
+
+    server: Transaction[Message]
+    call_id: str
+    branches: list[Transaction[Message]] = field(default_factory=list)
+    best: Response | None = None
+    final_sent: bool = False
+    cancelled: bool = False
+
+
+class Proxy:
+    """The SBC's SIP core: a transaction-stateful, record-routing proxy."""
+
+    def __init__(
+        self,
+        config: SbcConfig,
+        metrics: Metrics,
+        *,
+        token: Callable[[int], str] = secrets.token_hex,
+        timer_c: float = TIMER_C,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.token = token
+        self.timer_c = timer_c
+        #: Timer C of each pending INVITE client transaction, by deadline. Every deadline is
+        #: ``now + timer_c`` when set, so insertion order is deadline order: an ordered dict
+        #: (moved to the end on a reset, deleted on the final response) is the whole timer
+        #: queue, O(1) for each of those and for reading the earliest.
+        self._timer_c: OrderedDict[Transaction[Message], float] = OrderedDict()
+        self.outbox: list[Outgoing] = []
+        self.draining = False
+        timers = config.timers
+        self.txns: TransactionTable[Message] = TransactionTable(
+            TimerConfig(t1=timers.t1_ms / 1000, t2=timers.t2_ms / 1000, t4=timers.t4_ms / 1000)
+        )
+        self._locals: dict[str, _Local] = {}
+        self._by_hostport: dict[tuple[str, int, str], _Local] = {}
+        self.set_bound_addresses({})
+        self._warning_agent = config.server_header
+        self._m_requests = metrics.requests
+        self._m_responses = metrics.responses
+        metrics.observe_transactions(self.transaction_counts, self.transaction_stats)
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def set_bound_addresses(self, bound: dict[str, tuple[str, int]]) -> None:
+        """Learn the real ports (a listener configured with port 0 gets one from the kernel)."""
+        self._locals.clear()
+        self._by_hostport.clear()
+        for listener in self.config.listeners:
+            port = bound.get(listener.name, (listener.host, listener.port))[1]
+            local = _Local(
+                listener.name, listener.transport, listener.advertised_host, port, listener.host
+            )
+            self._locals[listener.name] = local
+            for host in {listener.advertised_host.lower(), listener.host.lower()}:
+                self._by_hostport[(host.strip("[]"), port, listener.transport)] = local
+
+    def _is_ours(self, host: str, port: int | None, transport: str | None = None) -> _Local | None:
+        """The listener that ``host:port`` (and transport, if given) names, if any."""
+        host = host.lower().strip("[]")
+        for kind in (transport,) if transport else ("udp", "tcp", "tls"):
+            local = self._by_hostport.get((host, port or DEFAULT_PORTS[kind], kind))
+            if local is not None:
+                return local
+        return None
+
+    def _uri_is_ours(self, uri: Uri) -> _Local | None:
+        if not isinstance(uri, SipUri):
+            return None
+        transport = uri.transport.lower() if uri.transport else None
+        if uri.scheme == "sips":
+            transport = "tls"
+        return self._is_ours(uri.host, uri.port, transport)
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def transaction_count(self) -> int:
+        return len(self.txns)
+
+    def transaction_counts(self) -> dict[str, int]:
+        """Live transactions by kind (``invite_client``...), for the transactions gauge."""
+        return {kind.name.lower(): count for kind, count in self.txns.counts().items()}
+
+    def transaction_stats(self) -> dict[str, int]:
+        """The transaction table's counters (retransmissions, timeouts, strays...)."""
+        return dataclasses.asdict(self.txns.stats)
+
+    def not_ready_reasons(self) -> list[str]:
+        return ["draining"] if self.draining else []
+
+    def next_deadline(self) -> float | None:
+        deadline = self.txns.next_deadline()
+        if self._timer_c:
+            c_at = next(iter(self._timer_c.values()))
+            deadline = c_at if deadline is None else min(deadline, c_at)
+        return deadline
+
+    def advance(self, now: float) -> None:
+        self._act(self.txns.advance(now), now)
+        timer_c = self._timer_c
+        while timer_c:
+            client, c_at = next(iter(timer_c.items()))
+            if c_at > now:
+                break
+            del timer_c[client]
+            self._timer_c_fired(client, now)
+
+    def _start_timer_c(self, client: Transaction[Message], now: float) -> None:
+        """16.6 step 11, 16.7 step 2: (re)start timer C; a reset moves it to the end."""
+        self._timer_c[client] = now + self.timer_c
+        self._timer_c.move_to_end(client)
+
+    def _timer_c_fired(self, client: Transaction[Message], now: float) -> None:
+        """16.8: the INVITE rang for timer C without an answer. Ringing: CANCEL it (the callee's
+        487, or timer B after the CANCEL, ends it). Not even ringing: as if it got a 408."""
+        if client.state is State.PROCEEDING:
+            self._act(self.txns.cancel(client, now=now), now)
+        elif client.state is State.CALLING:
+            self._branch_failed(client, 408, "Request Timeout (timer C)", now)
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def receive(self, data: bytes, peer: Peer, listener: str, now: float) -> None:
+        """One complete message from the network. Never raises."""
+        try:
+            msg = parse_message(data, max_size=self.config.max_message_size)
+        except SipParseError as exc:
+            self._parse_failed(exc, peer, listener)
+            return
+        try:
+            if isinstance(msg, Request):
+                self._on_request(msg, peer, listener, now)
+            else:
+                self._on_response(msg, now)
+        except SipParseError as exc:
+            # A header the proxy needed did not parse (found lazily, after parse_message).
+            exc.is_request = isinstance(msg, Request)
+            exc.partial = msg if isinstance(msg, Request) else None
+            self._parse_failed(exc, peer, listener)
+        except Exception:
+            self.metrics.parse_errors.labels(kind="internal").inc()
+            log.exception("internal error handling a message", extra={"call_id": _cid(msg)})
+            if isinstance(msg, Request) and msg.method != "ACK":
+                self._reply_stateless(msg, peer, listener, 500, "Internal Server Error")
+
+    def _parse_failed(self, exc: SipParseError, peer: Peer, listener: str) -> None:
+        if exc.is_request:
+            self.metrics.parse_errors.labels(kind="request").inc()
+            # Stateless (8.2): a request we cannot parse has no transaction to match. None when
+            # it cannot be answered at all (an ACK, or a Via, From, To, Call-ID or CSeq missing).
+            response = error_response(exc, warning_agent=self._warning_agent)
+            log.info(
+                "bad request answered" if response is not None else "bad request dropped",
+                extra={"status": exc.status, "reason": exc.reason, "peer": str(peer),
+                       "call_id": _cid(exc.partial)},
+            )  # fmt: skip
+            if response is not None:
+                self._count_response(response.status, "sent")
+                self.outbox.append(Outgoing(response.to_bytes(), peer, listener))
+        else:
+            kind = "response" if exc.is_request is False else "unrecognised"
+            self.metrics.parse_errors.labels(kind=kind).inc()
+            log.info("unparseable message dropped", extra={"reason": exc.reason, "peer": str(peer)})
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _on_request(self, req: Request, peer: Peer, listener: str, now: float) -> None:
+        method = req.method
+        self._m_requests.labels(method=method if method in COUNTED_METHODS else "other").inc()
+        top = req.top_via
+        _ = req.call_id, req.cseq, req.from_addr, req.to_addr  # mandatory: 400 if malformed
+        self._stamp_via(req, top, peer)
+        branch = top.branch
+        if not branch or not branch.startswith(MAGIC):
+            branch = _rfc2543_key(req, top)
+        actions = self.txns.receive_request(
+            req,
+            method=method,
+            branch=branch,
+            sent_by=top.sent_by.lower(),
+            reliable=peer.reliable,
+            now=now,
+            context=_ServerCtx(_response_peer(top, peer), listener),
+        )
+        if method == "ACK":
+            for action in actions:
+                if type(action) is Stray:
+                    self._forward_stateless_ack(req, listener)
+                else:
+                    self._act([action], now)
+            return
+        self._act(actions, now)
+
+    def _stamp_via(self, req: Request, top: Via, peer: Peer) -> None:
+        """RFC 3261 18.2.1 and RFC 3581 4: received and rport on the top Via.
+
+        ``received`` when the sent-by host is not the source address; with a bare ``rport``,
+        ``rport`` set to the source port and ``received`` added even when it is the same
+        address (RFC 3581 4 says MUST: the client learns its public address from it).
+        """
+        new = top
+        rport_asked = top.param("rport") == ""
+        if rport_asked or top.bare_host != peer.host:
+            new = new.with_param("received", peer.host)
+        if rport_asked:
+            new = new.with_param("rport", str(peer.port))
+        if new is not top:
+            req.headers.remove_first_value("via")
+            req.headers.prepend("Via", str(new))
+
+    def _new_request(self, txn: Transaction[Message], req: Request, now: float) -> None:
+        """A request that started a server transaction: answer it or forward it (16.3-16.6).
+
+        Headers the parser leaves for later (Max-Forwards, Route, the Request-URI's
+        parameters) may turn out malformed only here. The answer is then the 400 the parser
+        would have given, but sent on the transaction: it must end like any other, or an INVITE
+        server transaction would wait in Proceeding forever.
+        """
+        if req.method == "INVITE":
+            # 16.2: a stateful proxy answers an INVITE with 100 Trying at once (so the caller
+            # stops retransmitting while the next hop takes its time).
+            self._respond(txn, make_response(req, 100, "Trying"), now)
+        try:
+            self._handle_new_request(txn, req, now)
+        except SipParseError as exc:
+            self.metrics.parse_errors.labels(kind="request").inc()
+            if txn.state in _PENDING:
+                warning = [("Warning", f'399 {self._warning_agent} "{exc.reason}"')]
+                self._reply(txn, req, exc.status, exc.reason, now, warning)
+
+    def _handle_new_request(self, txn: Transaction[Message], req: Request, now: float) -> None:
+        ctx: _ServerCtx = txn.context
+        method = req.method
+        if method == "CANCEL":
+            self._cancel(txn, req, now)
+            return
+        # 16.3 step 3: Max-Forwards.
+        max_forwards = req.max_forwards
+        if max_forwards == 0:
+            if method == "OPTIONS":
+                self._answer_options(txn, req, now)
+            else:
+                self._reply(txn, req, 483, "Too Many Hops", now)
+            return
+        # 16.3 step 4: loop detection.
+        loop_hash = self._loop_hash(req)
+        vias = req.vias if any(BRANCH_PREFIX in v for v in req.headers.get_all("via")) else ()
+        for via in vias:
+            if (
+                via.branch
+                and via.branch.startswith(BRANCH_PREFIX)
+                and via.branch.endswith("." + loop_hash)
+                and self._is_ours(via.bare_host, via.port, via.transport.lower())
+            ):
+                self._reply(txn, req, 482, "Loop Detected", now)
+                return
+        # 16.3 step 5: Proxy-Require (we support no extensions that need a proxy's help).
+        required = req.headers.values("proxy-require")
+        if required:
+            self._reply(txn, req, 420, "Bad Extension", now, [("Unsupported", ", ".join(required))])
+            return
+        # 16.4: Route information preprocessing.
+        out_local = self._pop_own_routes(req)
+        in_dialog = req.to_tag is not None
+        if self.draining and not in_dialog and method == "INVITE":
+            self._reply(
+                txn, req, 503, "Service Unavailable (draining)", now, [("Retry-After", "30")]
+            )
+            return
+        route_values = req.headers.values("route")
+        target: Uri
+        route_cfg: Route | None = None
+        if route_values:
+            target = parse_name_addr(route_values[0], "Route").uri
+        elif self._uri_is_ours(req.ruri) is None:
+            target = req.ruri
+        else:
+            if method == "OPTIONS" and isinstance(req.ruri, SipUri) and not req.ruri.user:
+                self._answer_options(txn, req, now)
+                return
+            route_cfg = self._route_for(ctx.listener)
+            if route_cfg is None:
+                self._reply(txn, req, 404, "Not Found (no route)", now)
+                return
+            target = _parse_target(route_cfg.next_hop)
+        self._forward(txn, req, target, out_local, route_cfg, max_forwards, loop_hash, now)
+
+    def _forward(
+        self,
+        txn: Transaction[Message],
+        req: Request,
+        target: Uri,
+        out_local: _Local | None,
+        route_cfg: Route | None,
+        max_forwards: int | None,
+        loop_hash: str,
+        now: float,
+    ) -> None:
+        """16.6: copy, adjust and send the request to one target, statefully."""
+        ctx: _ServerCtx = txn.context
+        dest = self._resolve(target)
+        if dest is None:
+            self._reply(txn, req, 503, "Service Unavailable (next hop not resolvable)", now)
+            return
+        local = self._pick_local(dest.transport, out_local, route_cfg)
+        if local is None:
+            self._reply(txn, req, 503, f"Service Unavailable (no {dest.transport} listener)", now)
+            return
+        in_local = self._locals[ctx.listener]
+        fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash)
+        # 18.1.1: a request over 1,300 bytes must not go over UDP; where the next hop takes TCP
+        # (a TCP listener to send from, and the route allows it) it goes there instead. The
+        # copy is prepared again, so Via and Record-Route name the listener it really leaves by.
+        if dest.transport == "udp" and len(fwd.to_bytes()) > UDP_SIZE_LIMIT:
+            tcp_local = self._pick_local("tcp", None, None)
+            if tcp_local is not None and (route_cfg is None or route_cfg.large_over_tcp):
+                dest = Peer("tcp", dest.host, dest.port)
+                local = tcp_local
+                fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash)
+            else:
+                self.metrics.large_over_udp.inc()
+        rctx = ctx.rctx = _ResponseContext(txn, req.call_id)
+        client, actions = self.txns.send_request(
+            fwd,
+            method=req.method,
+            branch=branch,
+            reliable=dest.reliable,
+            now=now,
+            context=_ClientCtx(dest, local.name, rctx),
+            build_ack=_ack_builder(fwd) if req.method == "INVITE" else None,
+        )
+        rctx.branches.append(client)
+        if req.method == "INVITE":
+            self._start_timer_c(client, now)
+        self._act(actions, now)
+
+    def _prepare(
+        self,
+        req: Request,
+        in_local: _Local,
+        local: _Local,
+        max_forwards: int | None,
+        loop_hash: str,
+    ) -> tuple[Request, str]:
+        """16.6 steps 1-8 for one target: the copy, Max-Forwards, Record-Route and our Via.
+
+        Returns the copy and the branch of our Via (the client transaction's key).
+        """
+        fwd = req.copy()
+        headers = fwd.headers
+        # 16.6 step 3: decrement Max-Forwards, or add it.
+        headers.set("Max-Forwards", str(DEFAULT_MAX_FORWARDS if max_forwards is None
+                                        else max_forwards - 1))  # fmt: skip
+        # 16.6 step 4: Record-Route on dialog-creating requests outside a dialog.
+        if self.config.record_route and req.method in DIALOG_CREATING and req.to_tag is None:
+            self._record_route(fwd, in_local, local)
+        # 16.6 step 8: our Via, its branch unique to this hop and carrying the loop hash.
+        branch = self._branch(req, local, loop_hash)
+        headers.prepend(
+            "Via", f"SIP/2.0/{local.transport.upper()} {local.hostport()};branch={branch}"
+        )
+        return fwd, branch
+
+    def _record_route(self, fwd: Request, in_local: _Local, out_local: _Local) -> None:
+        """16.6 step 4: one Record-Route, or two (r2=on) when the request changes listener.
+
+        The top entry faces the next hop (it sends in-dialog requests there); the second faces
+        where the request came from.
+        """
+        if in_local is out_local:
+            fwd.headers.prepend("Record-Route", in_local.rr_uri(r2=False))
+        else:
+            fwd.headers.prepend("Record-Route", in_local.rr_uri(r2=True))
+            fwd.headers.prepend("Record-Route", out_local.rr_uri(r2=True))
+
+    def _pop_own_routes(self, req: Request) -> _Local | None:
+        """16.4: remove the Route entries that name us; return the listener of the last one.
+
+        A request whose Request-URI is one of our Record-Route URIs came from a strict router:
+        the real Request-URI is the last Route entry (16.4, strict-route compatibility).
+        """
+        headers = req.headers
+        last: _Local | None = None
+        ruri_local = self._uri_is_ours(req.ruri)
+        if ruri_local is not None and isinstance(req.ruri, SipUri) and req.ruri.lr:
+            routes = headers.values("route")
+            if routes:
+                headers.replace("route", *routes[:-1])
+                req.uri = str(parse_name_addr(routes[-1], "Route").uri)
+                last = ruri_local
+        while True:
+            routes = headers.values("route")
+            if not routes:
+                break
+            local = self._uri_is_ours(parse_name_addr(routes[0], "Route").uri)
+            if local is None:
+                break
+            headers.remove_first_value("route")
+            last = local
+        return last
+
+    def _route_for(self, listener: str) -> Route | None:
+        for route in self.config.routes:
+            if not route.from_listeners or listener in route.from_listeners:
+                return route
+        return None
+
+    def _pick_local(
+        self, transport: str, preferred: _Local | None, route_cfg: Route | None
+    ) -> _Local | None:
+        if preferred is not None and preferred.transport == transport:
+            return preferred
+        if route_cfg is not None and route_cfg.listener:
+            local = self._locals[route_cfg.listener]
+            if local.transport == transport:
+                return local
+        for local in self._locals.values():
+            if local.transport == transport:
+                return local
+        return None
+
+    def _resolve(self, uri: Uri) -> Peer | None:
+        """The transport address for a URI (RFC 3263 without DNS: IPs and configured hosts)."""
+        if not isinstance(uri, SipUri):
+            return None
+        transport = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).lower()
+        if transport not in DEFAULT_PORTS:
+            return None
+        host = (uri.maddr or uri.host).strip("[]")
+        host = self.config.hosts.get(host.lower(), host)
+        if not _is_ip(host):
+            return None
+        return Peer(transport, host, uri.port or DEFAULT_PORTS[transport])
+
+    def _branch(self, req: Request, local: _Local, loop_hash: str) -> str:
+        """A branch unique to this hop, ending in the loop-detection hash (16.6 step 8).
+
+        Derived from the incoming branch, so a retransmitted request (or an ACK for a 2xx,
+        forwarded statelessly) gets the same branch again.
+        """
+        top = req.top_via.branch
+        if top and top.startswith(MAGIC):
+            seed = f"{top}|{req.top_via.sent_by}|{req.method == 'ACK'}|{local.name}"
+            unique = _digest(seed, 8)
+        else:
+            unique = self.token(8)
+        return f"{BRANCH_PREFIX}{unique}.{loop_hash}"
+
+    @staticmethod
+    def _loop_hash(req: Request) -> str:
+        """Fields that stay the same on a loop and change on a spiral (RFC 3261 16.6 step 8)."""
+        seed = f"{req.uri}|{req.call_id}|{req.from_tag}|{req.cseq.number}"
+        return _digest(seed, 4)
+
+    def _answer_options(self, txn: Transaction[Message], req: Request, now: float) -> None:
+        self._reply(
+            txn,
+            req,
+            200,
+            "OK",
+            now,
+            [("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "path"),
+             ("Server", self.config.server_header)],
+            to_tag=self.token(8),
+        )  # fmt: skip
+
+    # -- CANCEL (16.10) and stateless ACK forwarding ----------------------------------------------
+
+    def _cancel(self, txn: Transaction[Message], cancel: Request, now: float) -> None:
+        invite = self.txns.invite_for_cancel(txn)
+        if invite is None:
+            self._reply(txn, cancel, 481, "Call/Transaction Does Not Exist", now)
+            return
+        self._reply(txn, cancel, 200, "OK", now)
+        rctx = invite.context.rctx
+        if rctx is None or rctx.final_sent:
+            return
+        rctx.cancelled = True
+        for branch in rctx.branches:
+            self._act(self.txns.cancel(branch, now=now), now)
+
+    def _send_cancel(self, client: Transaction[Message], now: float) -> None:
+        """RFC 3261 9.1: CANCEL built from the INVITE we forwarded, same branch."""
+        invite = client.request
+        assert isinstance(invite, Request)
+        ctx: _ClientCtx = client.context
+        headers = [("Via", invite.headers.values("via")[0])]
+        for key in ("route",):
+            headers.extend((key, v) for v in invite.headers.get_all(key))
+        headers += [
+            ("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
+            ("From", invite.headers.get("from") or ""),
+            ("To", invite.headers.get("to") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{invite.cseq.number} CANCEL"),
+            ("Content-Length", "0"),
+        ]
+        cancel = Request("CANCEL", invite.uri, headers)
+        _, actions = self.txns.send_request(
+            cancel,
+            method="CANCEL",
+            branch=client.key[0],
+            reliable=client.reliable,
+            now=now,
+            context=_ClientCtx(ctx.peer, ctx.listener, None),
+        )
+        self._act(actions, now)
+
+    def _forward_stateless_ack(self, ack: Request, listener: str) -> None:
+        """The ACK for a 2xx is its own transaction: route it like any request, no state."""
+        max_forwards = ack.max_forwards
+        if max_forwards == 0:
+            return
+        out_local = self._pop_own_routes(ack)
+        route_values = ack.headers.values("route")
+        route_cfg: Route | None = None
+        if route_values:
+            target: Uri = parse_name_addr(route_values[0], "Route").uri
+        elif self._uri_is_ours(ack.ruri) is None:
+            target = ack.ruri
+        else:
+            route_cfg = self._route_for(listener)
+            if route_cfg is None:
+                return
+            target = _parse_target(route_cfg.next_hop)
+        dest = self._resolve(target)
+        local = None if dest is None else self._pick_local(dest.transport, out_local, route_cfg)
+        if dest is None or local is None:
+            log.info("ACK not routable", extra={"call_id": ack.call_id})
+            return
+        headers = ack.headers
+        headers.set("Max-Forwards", str(DEFAULT_MAX_FORWARDS if max_forwards is None
+                                        else max_forwards - 1))  # fmt: skip
+        branch = self._branch(ack, local, self._loop_hash(ack))
+        headers.prepend(
+            "Via", f"SIP/2.0/{local.transport.upper()} {local.hostport()};branch={branch}"
+        )
+        self.outbox.append(Outgoing(ack.to_bytes(), dest, local.name))
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def _on_response(self, resp: Response, now: float) -> None:
+        status = resp.status
+        self._count_response(status, "received")
+        top = resp.top_via
+        if (
+            not (top.branch or "").startswith(BRANCH_PREFIX)
+            or self._is_ours(top.bare_host, top.port, top.transport.lower()) is None
+        ):
+            log.info("response not for us dropped", extra={"call_id": resp.call_id})
+            return
+        actions = self.txns.receive_response(
+            resp, status=status, method=resp.cseq.method, branch=top.branch or "", now=now
+        )
+        self._act(actions, now)
+
+    def _response_from_downstream(
+        self, client: Transaction[Message], resp: Response, now: float
+    ) -> None:
+        """16.7: forward provisionals and 2xx at once; the best final response at the end."""
+        ctx: _ClientCtx = client.context
+        rctx = ctx.rctx
+        status = resp.status
+        if rctx is None or status == 100:
+            return  # our own CANCEL's answer, or a hop-by-hop 100 Trying
+        resp.headers.remove_first_value("via")
+        server = rctx.server
+        if status < 200:
+            if client in self._timer_c:
+                self._start_timer_c(client, now)  # 16.7 step 2: reset by a provisional
+            if not rctx.final_sent:
+                self._respond(server, resp, now)
+            return
+        self._timer_c.pop(client, None)
+        if status < 300:
+            rctx.final_sent = True
+            self._respond(server, resp, now)
+            return
+        if rctx.final_sent:
+            return
+        if rctx.best is None or _better(resp, rctx.best):
+            rctx.best = resp
+        if status >= 600:
+            for other in rctx.branches:
+                if other is not client:
+                    self._act(self.txns.cancel(other, now=now), now)
+        self._maybe_send_best(rctx, now, finished=client)
+
+    def _maybe_send_best(
+        self, rctx: _ResponseContext, now: float, finished: Transaction[Message]
+    ) -> None:
+        pending = [
+            b for b in rctx.branches
+            if b is not finished and b.state in _PENDING
+        ]  # fmt: skip
+        if pending or rctx.final_sent or rctx.best is None:
+            return
+        best = rctx.best
+        if best.status == 503:
+            # 16.7 step 6: a 503 is not forwarded upstream; we say the failure is ours.
+            best = self._local_response(rctx.server, 500, "Server Internal Error (next hop 503)")
+        rctx.final_sent = True
+        self._respond(rctx.server, best, now)
+
+    def _branch_failed(
+        self, client: Transaction[Message], status: int, reason: str, now: float
+    ) -> None:
+        ctx: _ClientCtx = client.context
+        rctx = ctx.rctx
+        if rctx is None or rctx.final_sent:
+            return
+        log.info(
+            "next hop failed",
+            extra={
+                "call_id": rctx.call_id,
+                "status": status,
+                "reason": reason,
+                "peer": str(ctx.peer),
+            },
+        )
+        response = self._local_response(rctx.server, status, reason)
+        if rctx.best is None or _better(response, rctx.best):
+            rctx.best = response
+        self._maybe_send_best(rctx, now, finished=client)
+
+    def _local_response(self, server: Transaction[Message], status: int, reason: str) -> Response:
+        req = server.request
+        assert isinstance(req, Request)
+        return make_response(req, status, reason, to_tag=self.token(8))
+
+    # -- the transaction layer's actions ------------------------------------------------------
+
+    def _act(self, actions: list[Any], now: float) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self._send(action.txn, action.message, action.retransmission)
+            elif kind is PassUp:
+                txn = action.txn
+                message = action.message
+                if isinstance(message, Request):
+                    if message.method == "ACK":  # the ACK for a 2xx, in RFC 6026's Accepted
+                        self._forward_stateless_ack(message, txn.context.listener)
+                    else:
+                        self._new_request(txn, message, now)
+                elif isinstance(action.message, Response):
+                    self._response_from_downstream(txn, action.message, now)
+            elif kind is Stray:
+                self._stray(action.message)
+            elif kind is SendCancel:
+                self._send_cancel(action.txn, now)
+            elif kind is TimedOut:
+                if action.txn.kind in (Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT):
+                    self._branch_failed(action.txn, 408, "Request Timeout", now)
+            elif kind is TransportFailed:
+                if action.txn.kind in (Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT):
+                    self._branch_failed(action.txn, 503, "Service Unavailable (transport)", now)
+            elif kind is Terminated:
+                self._timer_c.pop(action.txn, None)
+
+    def _send(self, txn: Transaction[Message], message: Message, retransmission: bool) -> None:
+        ctx = txn.context
+        if isinstance(message, Response):
+            self._count_response(message.status, "sent")
+        self.outbox.append(Outgoing(message.to_bytes(), ctx.peer, ctx.listener))
+
+    def _stray(self, message: Message) -> None:
+        if not isinstance(message, Response):
+            return  # stray ACKs are handled in _on_request, where their origin is known
+        if 200 <= message.status < 300 and message.cseq.method == "INVITE":
+            # 16.7: a 2xx retransmission after our client transaction ended: forward statelessly
+            # to the next Via, honouring received and rport.
+            message.headers.remove_first_value("via")
+            try:
+                via = message.top_via
+            except SipParseError:
+                return
+            transport = via.transport.lower()
+            host = via.received or via.bare_host
+            port = via.rport or via.port or DEFAULT_PORTS.get(transport, 5060)
+            local = self._upstream_local(message, transport)
+            if local is not None and _is_ip(host):
+                self._count_response(message.status, "sent")
+                self.outbox.append(
+                    Outgoing(message.to_bytes(), Peer(transport, host, port), local.name)
+                )
+
+    def _upstream_local(self, response: Response, transport: str) -> _Local | None:
+        """The listener facing the caller, for a response no transaction remembers: the last of
+        our own Record-Route entries names it (16.6 step 4), else any of that transport."""
+        facing: _Local | None = None
+        for value in response.headers.values("record-route"):
+            try:
+                local = self._uri_is_ours(parse_name_addr(value, "Record-Route").uri)
+            except SipParseError:
+                continue
+            if local is not None and local.transport == transport:
+                facing = local
+        return facing or self._pick_local(transport, None, None)
+
+    def _respond(self, txn: Transaction[Message], response: Response, now: float) -> None:
+        self._act(self.txns.respond(txn, response, status=response.status, now=now), now)
+
+    def _reply(
+        self,
+        txn: Transaction[Message],
+        req: Request,
+        status: int,
+        reason: str,
+        now: float,
+        extra: list[tuple[str, str]] | None = None,
+        to_tag: str | None = None,
+    ) -> None:
+        if to_tag is None and req.to_tag is None and status > 100:
+            to_tag = self.token(8)
+        if status >= 300:
+            log.info(
+                "request rejected",
+                extra={"call_id": req.call_id, "method": req.method, "status": status,
+                       "reason": reason},
+            )  # fmt: skip
+        self._respond(
+            txn, make_response(req, status, reason, to_tag=to_tag, extra_headers=extra or ()), now
+        )
+
+    def _reply_stateless(
+        self, req: Request, peer: Peer, listener: str, status: int, reason: str
+    ) -> None:
+        try:
+            response = make_response(req, status, reason)
+        except SipParseError:
+            return
+        self._count_response(status, "sent")
+        self.outbox.append(Outgoing(response.to_bytes(), peer, listener))
+
+    def _count_response(self, status: int, direction: str) -> None:
+        self._m_responses.labels(status_class=f"{status // 100}xx", direction=direction).inc()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _cid(msg: Message | None) -> str | None:
+    if msg is None:
+        return None
+    try:
+        return msg.call_id
+    except SipParseError:
+        return None
+
+
+def _response_peer(top: Via, peer: Peer) -> Peer:
+    """RFC 3261 18.2.2 and RFC 3581: where the responses of a server transaction go."""
+    if peer.reliable:
+        return peer  # the connection the request came on
+    if top.param("rport") is not None:
+        return peer
+    port = top.port or 5060
+    return peer if port == peer.port else Peer(peer.transport, peer.host, port)
+
+
+def _digest(seed: str, size: int) -> str:
+    """A short hex digest of header text. Header values keep undecodable bytes as surrogates
+    (the parser decodes with surrogateescape): they go back to bytes the same way."""
+    return hashlib.blake2b(seed.encode("utf-8", "surrogateescape"), digest_size=size).hexdigest()
+
+
+def _rfc2543_key(req: Request, top: Via) -> str:
+    """17.2.3's fallback for peers without the magic cookie: a key from the matching fields."""
+    seed = f"{req.uri}|{req.to_tag}|{req.from_tag}|{req.call_id}|{req.cseq.number}|{top}"
+    return "2543-" + _digest(seed, 12)
+
+
+def _ack_builder(invite: Request) -> Callable[[Message], Message]:
+    """The hop-by-hop ACK for a non-2xx final response to ``invite`` (RFC 3261 17.1.1.3):
+    the INVITE's Request-URI, top Via, Route set, From, Call-ID and CSeq number, the
+    response's To (with its tag)."""
+
+    def build(response: Message) -> Message:
+        src = invite.headers
+        headers = [("Via", src.values("via")[0])]
+        headers += [("Route", v) for v in src.get_all("route")]
+        headers += [
+            ("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
+            ("From", src.get("from") or ""),
+            ("To", response.headers.get("to") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{invite.cseq.number} ACK"),
+            ("Content-Length", "0"),
+        ]
+        return Request("ACK", invite.uri, headers)
+
+    return build
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_target(text: str) -> Uri:
+    from teams_sbc.sip.uri import parse_uri
+
+    return parse_uri(text)
+
+
+def _better(a: Response, b: Response) -> bool:
+    """16.7 step 6: 6xx beats all; then the lowest class; 503 is the least wanted 5xx."""
+
+    def rank(r: Response) -> tuple[int, int]:
+        cls = r.status // 100
+        return (0 if cls == 6 else cls, 1 if r.status == 503 else 0)
+
+    return rank(a) < rank(b)
+
+
+__all__ = ["Proxy"]
