@@ -414,3 +414,21 @@ def test_ipv6_listener_carries_a_call(sbc_factory: SbcFactory, sipp_factory: Sip
         sbc.wait_idle()
     finally:
         uas.stop()
+
+
+def test_next_hop_refusing_tcp_fails_the_call_at_once(sbc_factory: SbcFactory, peer: UdpPeer) -> None:
+    """A TCP next hop that refuses the connection ends the transaction with a transport error
+    (RFC 3261 17.1.4), which a proxy treats as a 503 (16.9) and, being the best response, answers
+    upstream as 500 (16.7 step 6): at once, not as a 408 after timer B."""
+    closed = free_port()  # nothing listens here
+    sbc = sbc_factory(
+        routes=[{"name": "dead", "next_hop": f"sip:127.0.0.1:{closed};transport=tcp"}],
+        timers={"t1_ms": 500, "t2_ms": 4000, "t4_ms": 5000},  # timer B would take 32 s
+    )
+    started = time.monotonic()
+    uri = f"sip:someone@{sbc.host('udp')}:{sbc.port('udp')}"
+    peer.send(request("INVITE", uri, via_host=peer.host, via_port=peer.port), sbc)
+    final = [r for r in peer.replies(timeout=10) if r.status >= 200]
+    assert [r.status for r in final] == [500]
+    assert time.monotonic() - started < 5
+    assert sbc.metrics().value("sbc_transport_send_errors_total", transport="tcp") >= 1

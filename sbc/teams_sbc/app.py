@@ -18,7 +18,7 @@ from teams_sbc.config import SbcConfig
 from teams_sbc.health import HealthServer
 from teams_sbc.logs import setup_logging
 from teams_sbc.metrics import Metrics
-from teams_sbc.sip.peer import Peer
+from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import Proxy
 from teams_sbc.transport import TransportLayer
 
@@ -31,7 +31,11 @@ class Sbc:
         self.metrics = Metrics()
         self.core = Proxy(config, self.metrics)
         self.transports = TransportLayer(
-            config.listeners, self._on_message, self.metrics, config.max_message_size
+            config.listeners,
+            self._on_message,
+            self._on_send_failed,
+            self.metrics,
+            config.max_message_size,
         )
         self.health = HealthServer(config.http.host, config.http.port, self.metrics, self.readiness)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,6 +104,11 @@ class Sbc:
         self.core.receive(data, peer, listener, self._loop.time())
         self._flush()
 
+    def _on_send_failed(self, out: Outgoing) -> None:
+        assert self._loop is not None
+        self.core.send_failed(out, self._loop.time())
+        self._flush()
+
     def _on_timer(self) -> None:
         assert self._loop is not None
         self._timer = None
@@ -110,10 +119,11 @@ class Sbc:
     def _flush(self) -> None:
         outbox = self.core.outbox
         if outbox:
+            # The core may queue more while we send (a send that fails at once): swap first.
+            self.core.outbox = []
             send = self.transports.send
             for out in outbox:
-                send(out.data, out.peer, out.listener)
-            outbox.clear()
+                send(out)
         deadline = self.core.next_deadline()
         if deadline != self._timer_at:
             if self._timer is not None:

@@ -28,8 +28,13 @@ class Peer:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message the core wants sent: bytes, destination, and the listener to send it from."""
+    """One message the core wants sent: bytes, destination, and the listener to send it from.
+
+    ``owner`` is the core's handle on whoever must hear of a failure to send (a transaction);
+    the transport hands the whole ``Outgoing`` back to the core when sending fails.
+    """
 
     data: bytes
     peer: Peer
     listener: str
+    owner: object = field(default=None, compare=False)

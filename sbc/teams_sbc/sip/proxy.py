@@ -780,7 +780,15 @@ class Proxy:
         ctx = txn.context
         if isinstance(message, Response):
             self._count_response(message.status, "sent")
-        self.outbox.append(Outgoing(message.to_bytes(), ctx.peer, ctx.listener))
+        self.outbox.append(Outgoing(message.to_bytes(), ctx.peer, ctx.listener, txn))
+
+    def send_failed(self, out: Outgoing, now: float) -> None:
+        """The transport could not deliver ``out`` (no connection, TLS handshake failed, no
+        listener): its transaction ends with a transport error (RFC 3261 17.1.4, 17.2.4), which
+        for a forwarded request means a 503 upstream."""
+        txn = out.owner
+        if isinstance(txn, Transaction) and txn.state is not State.TERMINATED:
+            self._act(self.txns.transport_error(txn, now=now), now)
 
     def _stray(self, message: Message) -> None:
         if not isinstance(message, Response):

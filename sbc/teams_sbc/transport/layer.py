@@ -12,7 +12,7 @@ from typing import cast
 from teams_sbc.config import Listener
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.framing import FramingError, KeepAlivePing, StreamFramer
-from teams_sbc.sip.peer import Peer
+from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.transport.tls import TlsContexts
 
 log = logging.getLogger("teams_sbc.transport")
@@ -20,6 +20,8 @@ log = logging.getLogger("teams_sbc.transport")
 
 #: Called for every complete message: raw bytes, where it came from, the listener's name.
 MessageHandler = Callable[[bytes, Peer, str], None]
+#: Called with what could not be sent.
+FailureHandler = Callable[[Outgoing], None]
 
 
 class _Datagram(asyncio.DatagramProtocol):
@@ -95,12 +97,14 @@ class TransportLayer:
         self,
         listeners: list[Listener],
         on_message: MessageHandler,
+        on_send_failed: FailureHandler,
         metrics: Metrics,
         max_size: int = 65535,
         connect_timeout: float = 5.0,
     ) -> None:
         self.listeners = {listener.name: listener for listener in listeners}
         self.on_message = on_message
+        self.on_send_failed = on_send_failed
         self.metrics = metrics
         self.max_size = max_size
         self.connect_timeout = connect_timeout
@@ -177,38 +181,37 @@ class TransportLayer:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def send(self, data: bytes, peer: Peer, listener_name: str) -> None:
-        """Send one message; errors are counted and logged, never raised into the core."""
+    def send(self, out: Outgoing) -> None:
+        """Send one message; a failure goes to ``on_send_failed``, never raised into the core."""
+        peer = out.peer
         if peer.transport == "udp":
-            proto = self._udp.get(listener_name) or next(iter(self._udp.values()), None)
+            proto = self._udp.get(out.listener) or next(iter(self._udp.values()), None)
             if proto is None or proto.transport is None:
-                self._send_failed(peer, "no UDP listener to send from")
+                self._send_failed(out, "no UDP listener to send from")
                 return
-            proto.transport.sendto(data, (peer.host, peer.port))
+            proto.transport.sendto(out.data, (peer.host, peer.port))
             return
         key = (peer.transport, peer.host, peer.port)
         conn = self._conns.get(key)
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
-            conn.send(data)
+            conn.send(out.data)
             return
-        asyncio.get_running_loop().create_task(
-            self._connect_and_send(key, data, listener_name, peer.server_name)
-        )
+        asyncio.get_running_loop().create_task(self._connect_and_send(key, out))
 
-    async def _connect_and_send(
-        self, key: tuple[str, str, int], data: bytes, name: str, server_name: str | None
-    ) -> None:
+    async def _connect_and_send(self, key: tuple[str, str, int], out: Outgoing) -> None:
         task = self._connecting.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._connect(key, name, server_name))
+            task = asyncio.get_running_loop().create_task(
+                self._connect(key, out.listener, out.peer.server_name)
+            )
             self._connecting[key] = task
             task.add_done_callback(lambda _t: self._connecting.pop(key, None))
         try:
             conn = await asyncio.shield(task)
         except (TimeoutError, OSError) as exc:
-            self._send_failed(Peer(*key), f"connect failed: {exc}")
+            self._send_failed(out, f"connect failed: {exc or type(exc).__name__}")
             return
-        conn.send(data)
+        conn.send(out.data)
 
     async def _connect(
         self, key: tuple[str, str, int], name: str, server_name: str | None
@@ -216,7 +219,9 @@ class TransportLayer:
         kind, host, port = key
         listener = self.listeners.get(name)
         if listener is None or listener.transport != kind:
-            listener = next(lis for lis in self.listeners.values() if lis.transport == kind)
+            listener = next((lis for lis in self.listeners.values() if lis.transport == kind), None)
+        if listener is None:
+            raise OSError(f"no {kind} listener to connect from")
         loop = asyncio.get_running_loop()
         tls = self.tls.get(listener.name) if kind == "tls" else None
         if kind == "tls" and tls is None:
@@ -234,6 +239,7 @@ class TransportLayer:
         await proto.ready
         return proto
 
-    def _send_failed(self, peer: Peer, why: str) -> None:
-        self.metrics.send_errors.labels(transport=peer.transport).inc()
-        log.warning("cannot send to %s: %s", peer, why)
+    def _send_failed(self, out: Outgoing, why: str) -> None:
+        self.metrics.send_errors.labels(transport=out.peer.transport).inc()
+        log.warning("cannot send to %s: %s", out.peer, why)
+        self.on_send_failed(out)
