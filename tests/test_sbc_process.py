@@ -416,7 +416,9 @@ def test_ipv6_listener_carries_a_call(sbc_factory: SbcFactory, sipp_factory: Sip
         uas.stop()
 
 
-def test_next_hop_refusing_tcp_fails_the_call_at_once(sbc_factory: SbcFactory, peer: UdpPeer) -> None:
+def test_next_hop_refusing_tcp_fails_the_call_at_once(
+    sbc_factory: SbcFactory, peer: UdpPeer
+) -> None:
     """A TCP next hop that refuses the connection ends the transaction with a transport error
     (RFC 3261 17.1.4), which a proxy treats as a 503 (16.9) and, being the best response, answers
     upstream as 500 (16.7 step 6): at once, not as a 408 after timer B."""
