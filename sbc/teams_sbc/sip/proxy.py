@@ -154,8 +154,14 @@ class Proxy:
         self._by_hostport: dict[tuple[str, int, str], _Local] = {}
         self.set_bound_addresses({})
         self._warning_agent = config.server_header
-        self._m_requests = metrics.requests
-        self._m_responses = metrics.responses
+        # Labelled children resolved once: ``labels()`` costs more than the increment itself.
+        self._m_requests = {m: metrics.requests.labels(method=m) for m in COUNTED_METHODS}
+        self._m_requests["other"] = metrics.requests.labels(method="other")
+        self._m_responses = {
+            (cls, direction): metrics.responses.labels(status_class=f"{cls}xx", direction=direction)
+            for cls in range(1, 7)
+            for direction in ("sent", "received")
+        }
         metrics.observe_transactions(self.transaction_counts, self.transaction_stats)
 
     # -- configuration ------------------------------------------------------------------------
@@ -284,7 +290,7 @@ class Proxy:
 
     def _on_request(self, req: Request, peer: Peer, listener: str, now: float) -> None:
         method = req.method
-        self._m_requests.labels(method=method if method in COUNTED_METHODS else "other").inc()
+        self._m_requests.get(method, self._m_requests["other"]).inc()
         top = req.top_via
         _ = req.call_id, req.cseq, req.from_addr, req.to_addr  # mandatory: 400 if malformed
         self._stamp_via(req, top, peer)
@@ -774,7 +780,12 @@ class Proxy:
                 if action.txn.kind in (Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT):
                     self._branch_failed(action.txn, 503, "Service Unavailable (transport)", now)
             elif kind is Terminated:
-                self._timer_c.pop(action.txn, None)
+                txn = action.txn
+                self._timer_c.pop(txn, None)
+                # Break the transaction <-> response context cycle so reference counting frees
+                # both at once, without waiting for the cyclic garbage collector.
+                if txn.context is not None:
+                    txn.context.rctx = None
 
     def _send(self, txn: Transaction[Message], message: Message, retransmission: bool) -> None:
         ctx = txn.context
@@ -860,7 +871,7 @@ class Proxy:
         self.outbox.append(Outgoing(response.to_bytes(), peer, listener))
 
     def _count_response(self, status: int, direction: str) -> None:
-        self._m_responses.labels(status_class=f"{status // 100}xx", direction=direction).inc()
+        self._m_responses[status // 100, direction].inc()
 
 
 # -- helpers --------------------------------------------------------------------------------------

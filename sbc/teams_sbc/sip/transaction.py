@@ -473,8 +473,9 @@ class Transaction(Generic[M]):
         self.kind = kind
         self.key = key
         self.state = State.INIT
-        #: The request that created the transaction (the one a client retransmits).
-        self.request = request
+        #: The request that created the transaction (the one a client retransmits); None once
+        #: the transaction only waits (Accepted, Completed, Confirmed) and will not need it.
+        self.request: M | None = request
         #: Server: the last response sent. INVITE client: the ACK it sent for a non-2xx.
         self.last: M | None = None
         self.reliable = reliable
@@ -735,15 +736,30 @@ def _timer_handler(op: TimerOp, t2: float) -> _Handler:
 class _Row:
     """A compiled transition: the next state and one handler per operation."""
 
-    __slots__ = ("handlers", "next", "terminal")
+    __slots__ = ("handlers", "next", "release", "terminal")
 
     def __init__(self, next_state: State, handlers: tuple[_Handler, ...]) -> None:
         self.next = next_state
         self.handlers = handlers
         self.terminal = next_state is State.TERMINATED
+        #: Entering a state that only waits (for retransmissions to absorb, an ACK, a timer):
+        #: the request is never sent or read again, so the transaction lets go of it.
+        self.release = next_state in _WAITING_STATES
 
 
 _Machine: TypeAlias = tuple[tuple[_Row | None, ...], ...]  # [state][event]
+
+_WAITING_STATES = frozenset({State.ACCEPTED, State.COMPLETED, State.CONFIRMED})
+
+
+def _release(txn: Transaction[Any], state: State) -> None:
+    """Drop what a waiting transaction no longer needs, so thousands of them (timers J, L and M
+    last 64*T1) hold little memory: the request and the ACK builder always; in Accepted also
+    the last response, since RFC 6026 absorbs INVITE retransmissions there without answering."""
+    txn.request = None
+    txn._build_ack = None
+    if state is State.ACCEPTED:
+        txn.last = None
 
 
 def _compile(table: Table, t2: float) -> _Machine:
@@ -997,6 +1013,8 @@ class TransactionTable(Generic[M]):
         if row.terminal:
             self._terminate(txn, out)
             return
+        if row.release:
+            _release(txn, row.next)
         life_at = txn._life_at
         retx_at = txn._retx_at
         at = life_at if life_at < retx_at else retx_at
@@ -1016,6 +1034,8 @@ class TransactionTable(Generic[M]):
             handler(self, txn, msg, now, out)
         if row.terminal:
             self._terminate(txn, out)
+        elif row.release:
+            _release(txn, row.next)
 
     def _settle(self, txn: Transaction[M], now: float, out: list[Action[M]]) -> None:
         """Fire the transaction's due timers (lifetime first on a tie: once B, F or H is due,
