@@ -15,7 +15,9 @@ that rings forever ends too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import ipaddress
 import logging
 import secrets
 from collections import OrderedDict
@@ -550,11 +552,13 @@ class Proxy:
         transport = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).lower()
         if transport not in DEFAULT_PORTS:
             return None
-        host = (uri.maddr or uri.host).strip("[]")
-        host = self.config.hosts.get(host.lower(), host)
+        name = (uri.maddr or uri.host).strip("[]")
+        host = self.config.hosts.get(name.lower(), name)
         if not _is_ip(host):
             return None
-        return Peer(transport, host, uri.port or DEFAULT_PORTS[transport])
+        # TLS keeps the name for SNI and the certificate check while connecting to the address.
+        server_name = name if transport == "tls" and host != name else None
+        return Peer(transport, host, uri.port or DEFAULT_PORTS[transport], server_name)
 
     def _branch(self, req: Request, local: _Local, loop_hash: str) -> str:
         """A branch unique to this hop, ending in the loop-detection hash (16.6 step 8).
@@ -930,9 +934,8 @@ def _ack_builder(invite: Request) -> Callable[[Message], Message]:
     return build
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ip(host: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -940,7 +943,9 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)
 def _parse_target(text: str) -> Uri:
+    """A route's next hop (config text, so the cache stays small); URIs are immutable."""
     from teams_sbc.sip.uri import parse_uri
 
     return parse_uri(text)
