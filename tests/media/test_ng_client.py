@@ -109,7 +109,8 @@ def test_silent_rtpengine_times_out_marks_down_and_comes_back(rtpengine: Rtpengi
                         policy=POLICY,
                     )
                 waited = loop.time() - began
-                assert 0.3 <= waited < 1.0, waited  # the configured 0.1 + 0.2 s, not 3.5
+                # The configured 0.1 + 0.2 s, not 3.5 (the loop's clock may round a hair early).
+                assert 0.29 <= waited < 1.0, waited
                 assert info.value.attempts == 2
                 assert not relay.health.up and not pool.ready
                 assert "no answer to 'offer'" in (relay.health.last_error or "")
