@@ -5,6 +5,8 @@
 - Whatever parses re-serialises to something that parses to the same bytes again.
 - Generated valid messages (odd case, compact names, spacing, folding) round-trip byte for byte.
 - The framer gives the same events however the stream is cut.
+- The quick paths (the usual message, the usual Via and name-addr) give exactly what the
+  general parsers give, whenever they accept their input.
 
 Runs are bounded (300 examples each) so the file takes seconds; set SIP_FUZZ_EXAMPLES to
 search harder (e.g. 5000 takes a minute or two).
@@ -15,20 +17,25 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from teams_sbc.sip import headers as headers_module
 from teams_sbc.sip import message as message_module
+from teams_sbc.sip import uri as uri_module
 from teams_sbc.sip.errors import SipParseError
 from teams_sbc.sip.framing import KEEPALIVE_PING, FramerEvent, StreamFramer
 from teams_sbc.sip.headers import (
     COMPACT_FORMS,
+    NameAddr,
     parse_cseq,
     parse_name_addr,
+    parse_top_via,
     parse_via,
     split_values,
 )
@@ -375,3 +382,285 @@ def test_framer_on_mutated_streams(messages: list[bytes], cuts: list[int]) -> No
             else:
                 assert event == KEEPALIVE_PING or event.status in (400, 513)
         assert framer.buffered <= 8192 + 3000
+
+
+# --- the quick paths agree with the general parsers -------------------------------------------
+
+
+def same_message(quick: Request | Response, general: Request | Response) -> None:
+    """Everything a caller can see, and the parse-time caches, are equal."""
+    assert type(quick) is type(general)
+    assert quick.headers._keys == general.headers._keys
+    assert quick.headers._raws == general.headers._raws
+    assert quick.body == general.body
+    assert quick.version == general.version
+    assert quick._start == general._start
+    assert quick._raw == general._raw
+    if isinstance(quick, Request):
+        assert isinstance(general, Request)
+        assert (quick.method, quick.uri) == (general.method, general.uri)
+    else:
+        assert isinstance(general, Response)
+        assert (quick.status, quick.reason) == (general.status, general.reason)
+    for entry in ("_call_id", "_cseq", "_top_via"):
+        assert getattr(quick.headers, entry) == getattr(general.headers, entry)
+    assert str(quick.top_via) == str(general.top_via)
+    assert quick.to_bytes() == general.to_bytes()
+
+
+def check_quick_path(data: bytes, limits: tuple[int, int, int] = (65535, 128, 8192)) -> bool:
+    """The usual-message path either declines or gives what the general path gives.
+
+    Returns whether it accepted, so tests can check that it was exercised at all.
+    """
+    with no_safety_net():
+        try:
+            general = message_module._parse(data, *limits)
+        except SipParseError:
+            general = None
+        quick = message_module._parse_usual(data, *limits)
+    if quick is None:
+        return False
+    assert general is not None, "the quick path accepted a message the general one refuses"
+    same_message(quick, general)
+    return True
+
+
+def test_quick_path_takes_the_usual_vectors() -> None:
+    taken = {
+        p.name for p in VECTORS if p.parent.name == "vectors" and check_quick_path(p.read_bytes())
+    }
+    assert {"sipp_uac_invite.sip", "sipp_uas_200.sip", "teams_invite.sip"} <= taken
+
+
+@FUZZ
+@given(valid_messages())
+def test_quick_path_agrees_on_valid_messages(data: bytes) -> None:
+    check_quick_path(data)
+
+
+@FUZZ
+@given(mutated(), st.integers(1, 4096))
+def test_quick_path_agrees_on_mutated_messages(data: bytes, limit: int) -> None:
+    check_quick_path(data)
+    check_quick_path(data, (limit, limit // 64 + 1, limit // 4 + 1))
+
+
+def same_value(quick: Callable[[str], object], general: Callable[[str], object], text: str) -> None:
+    """Both parsers raise SipParseError, or both give equal objects with the same text."""
+    results: list[object] = []
+    for parser in (quick, general):
+        try:
+            results.append(parser(text))
+        except SipParseError:
+            results.append(None)
+    got, expected = results
+    assert got == expected
+    assert str(got) == str(expected)
+    if isinstance(got, NameAddr) and isinstance(expected, NameAddr):
+        assert got.display_name == expected.display_name
+        assert got._render_head() == expected._render_head()
+
+
+def mostly(usual: str, *odd: str) -> st.SearchStrategy[str]:
+    """``usual`` three times in four, else one of the ``odd`` variants."""
+    return st.one_of(st.just(usual), st.just(usual), st.just(usual), st.sampled_from(odd))
+
+
+PARAM = st.sampled_from(
+    [";branch=z9hG4bK1", ";rport", ";rport=5060", ";received=192.0.2.1", ";lr", ";tag=a1"] * 3
+    + [";x=<a>", ';x="q"', "; x=1", ";x =1", ";=1", ";", ";a=b=c", ";x=a,b", ";é=1"]
+)  # fmt: skip
+HOST = mostly("192.0.2.1", "[2001:db8::1]", "h-1.example.", "a_b", "[::1", "é", "a b", "")
+PORT = st.sampled_from(["", ":5060", ":65535", ":65536", ":99999", ":123456", ": 5060", ":x"])
+VIA_LIKE = st.builds(
+    "".join,
+    st.tuples(
+        mostly("SIP/2.0/", "SIP/2.0 /", "sip/2.0/", "SIP/3.0/", " SIP/2.0/", "SIP/2.0"),
+        mostly("UDP", "TCP", "TLS", "tls", "WS", "WSS", "SCTP", "XYZ", ""),
+        mostly(" ", "  ", "\t", ""),
+        HOST,
+        PORT,
+        st.lists(PARAM, max_size=4).map("".join),
+        mostly("", " ", "\t ", ",", " , SIP/2.0/UDP b", ",,", "x", ", ", ";"),
+    ),
+)
+
+
+@FUZZ
+@given(st.one_of(VIA_LIKE, SIPISH))
+def test_quick_via_agrees(text: str) -> None:
+    same_value(parse_via, headers_module._parse_via_general, text)
+    same_value(parse_top_via, headers_module._parse_top_via_general, text)
+
+
+DISPLAYS = ["Alice ", "", "Alice  ", "Alice Teams ", '"A" ', "A<", "a,b ", " ", "\u00e9 "]
+DISPLAYS += ['"A"<', '"" ', '"a\\"b" ', '"a\\\\" ', '"\u00e9 x"  ', '"a', "Alice Teams<"]
+DISPLAYS += ['"A" x ', '"<" ', "A\tB "]
+URIS = ["sip:a@b.example", "tel:+1555", "sip:a@b;lr", "nouri", "", "sip:a b", "sip:<", "a:b"]
+PARAMS = ["", ";tag=1", ";tag=1;lr", ";tag", "; tag=1", ";tag=a b", ";=1", ";tag=<x>", ";tag=1,"]
+
+
+def test_quick_name_addr_agrees_on_every_combination() -> None:
+    def general(value: str) -> NameAddr:
+        return headers_module._parse_name_addr_general(value.strip(" \t\r\n"), "To")
+
+    def quick(value: str) -> NameAddr:
+        return parse_name_addr(value, "To")
+
+    shapes = itertools.product(DISPLAYS, ["<", ""], URIS, [">", "", ">>"], PARAMS, ["", " ", ","])
+    for parts in shapes:
+        same_value(quick, general, "".join(parts))
+
+
+NAME_ADDR_LIKE = st.builds(
+    "".join,
+    st.tuples(
+        mostly(DISPLAYS[0], *DISPLAYS[1:]),
+        mostly("<", ""),
+        mostly(URIS[0], *URIS[1:]),
+        mostly(">", "", ">>"),
+        st.lists(PARAM, max_size=3).map("".join),
+        mostly("", " ", "\r\n", ","),
+    ),
+)
+
+
+@FUZZ
+@given(st.one_of(NAME_ADDR_LIKE, SIPISH))
+def test_quick_name_addr_agrees(text: str) -> None:
+    def general(value: str) -> NameAddr:
+        return headers_module._parse_name_addr_general(value.strip(" \t\r\n"), "To")
+
+    same_value(lambda value: parse_name_addr(value, "To"), general, text)
+
+
+Knob = Callable[..., str]
+
+
+def usual_message(knob: Knob, response: bool, body: bytes) -> bytes:
+    """A message shaped like sipp's and Teams'. ``knob(usual, *odd)`` picks each part: the
+    usual text, or one of the odd variants next to it (the quick path's edge cases)."""
+    method = knob("INVITE", "BYE", "ACK", "OPTIONS", "FOO", "invite")
+    if response:
+        code = knob("200", "100", "699", "099", "700", "2000", "20x", "180", "")
+        reason = knob(" OK", "", " ", " \u00c9lan", "  OK", "\tOK")
+        start = knob(f"SIP/2.0 {code}{reason}", f"sip/2.0 {code}{reason}", f"SIP/2.0  {code}")
+    else:
+        uri = knob("sip:b@192.0.2.2:5060", "SIPS:b@h", "tel:+1", "http://x", "sip:a\x01", "")
+        start = knob(f"{method} {uri} SIP/2.0", f"{method}  {uri} SIP/2.0", f"{method} {uri}")
+    via = "".join(
+        [
+            knob("SIP/2.0/", "SIP/2.0 /", "sip/2.0/", "SIP/3.0/", "SIP/2.0"),
+            knob("UDP", "TLS", "tls", "WSS", "XYZ", ""),
+            knob(" ", "  ", "\t", ""),
+            knob("192.0.2.1", "[2001:db8::1]", "h-1.example.", "[::1", "a b", ""),
+            knob(":5060", "", ":65535", ":65536", ":123456", ": 5060"),
+            knob(";branch=z9hG4bK1", ";rport;branch=z9hG4bK1", "", ";x=<a>", ";=1", ";"),
+            knob("", " ", ", SIP/2.0/UDP b", ",,", "x", ","),
+        ]
+    )
+    name_addr = "".join(
+        [
+            knob("Alice ", "", "Alice Teams<", '"A" ', '"A"<', '"" ', '"a\\"b" ', "A  ", "a,b "),
+            knob("<sip:a@b.example>", "sip:a@b.example", "<nouri>", "<sip:a b>", "<sip:a"),
+            knob(";tag=1", "", ";tag=1;x", "; tag=1", ";tag=a,b"),
+        ]
+    )
+    number = knob("1", "0", "999999999", "1000000000", "9999999999", "x", " 1", "1 ")
+    size = str(len(body))
+    length = knob(size, "0", str(len(body) + 1), " 3 ", "x", "0" * 9 + size, "0" * 10 + size, "")
+    headers = [
+        ("Via", via),
+        ("From", name_addr),
+        ("To", knob("<sip:b@h>", "b <sip:b@h>;tag=2", "x")),
+        ("Call-ID", knob("a84b4c76e66710@pc33", "", " ", "\u00e9", "a\rb", "a\nb", "a\r\n b")),
+        ("CSeq", f"{number}{knob(' ', '  ', chr(9))}{knob(method, 'BYE', 'FOO', '')}"),
+        ("Max-Forwards", "70"),
+        ("Content-Length", length),
+    ]
+    for name, value in headers[:]:
+        if knob("", "again") == "again":
+            headers.append((name, value))  # repeated (Content-Length: the same value)
+        if knob("", "drop") == "drop":
+            headers.remove((name, value))
+    lines = [f"{knob(n, n.lower(), n + ' ', 'X-' + n, n[0])}: {value}" for n, value in headers]
+    extra = ["Content-Length: 1", "l: " + size, "v: SIP/2.0/UDP h", "i: x", " folded", "NoColon"]
+    lines.insert(len(lines) // 2, knob("Subject: hi", *extra, "Subject:", "Subject : hi"))
+    lines.append(knob("User-Agent: x", *extra))
+    return ("\r\n".join([start, *lines]) + knob("\r\n\r\n", "\n\n", "\r\n")).encode() + body
+
+
+def odd_one_out(response: bool, body: bytes) -> Iterator[bytes]:
+    """:func:`usual_message` with each odd variant of each part in turn, the rest usual."""
+    sizes: list[int] = []
+
+    def survey(usual: str, *odd: str) -> str:
+        sizes.append(len(odd))
+        return usual
+
+    usual_message(survey, response, body)
+    for position, size in enumerate(sizes):
+        for variant in range(size):
+            calls = itertools.count()
+
+            def knob(usual: str, *odd: str, at: int = position, pick: int = variant) -> str:
+                return odd[pick] if next(calls) == at else usual  # noqa: B023
+
+            yield usual_message(knob, response, body)
+
+
+@pytest.mark.parametrize("response", [False, True])
+def test_quick_path_agrees_on_each_odd_part(response: bool) -> None:
+    messages = list(odd_one_out(response, b"v=0\r\n"))
+    accepted = sum(check_quick_path(data) for data in messages)
+    for data in messages:  # and each limit just reached
+        for limits in ((len(data) - 1, 128, 8192), (65535, 8, 8192), (65535, 128, 40)):
+            check_quick_path(data, limits)
+    assert len(messages) > 100
+    assert 10 < accepted < len(messages)
+
+
+URI_LIKE = st.builds(
+    "".join,
+    st.tuples(
+        mostly("sip:", "sips:", "SIP:", "tel:", "sip", "http:"),
+        mostly("alice@", "", "a%40b@", "a;b@", "a:pw@", "@", "a@b@", "+1-555@", "\u00e9@"),
+        mostly("example.com", "192.0.2.1", "[2001:db8::1]", "a_b.", "-a", "a..b", ""),
+        mostly(":5060", "", ":65535", ":65536", ":123456", ":", ":x"),
+        st.lists(
+            st.sampled_from([";lr", ";transport=tls", ";user=phone", ";x=", ";=x", ";", ";a%41"]),
+            max_size=3,
+        ).map("".join),
+        mostly("", "?h=v", "?", " ", ">"),
+    ),
+)
+
+
+@FUZZ
+@given(st.one_of(URI_LIKE, SIPISH))
+def test_quick_uri_agrees(text: str) -> None:
+    quick = uri_module._usual_sip_uri(text)
+    if quick is not None:
+        general = uri_module._parse_uri_general(text)
+        assert quick == general
+        assert str(quick) == str(general) == text
+        assert parse_uri(text) == general
+
+
+@st.composite
+def usual_messages(draw: st.DrawFn) -> bytes:
+    """:func:`usual_message` with one or two parts odd, and another body."""
+    twists = set(draw(st.lists(st.integers(0, 50), max_size=2)))
+    count = itertools.count()
+
+    def knob(usual: str, *odd: str) -> str:
+        return draw(st.sampled_from(odd)) if next(count) in twists and odd else usual
+
+    return usual_message(knob, draw(st.booleans()), draw(st.binary(max_size=40)))
+
+
+@FUZZ
+@given(usual_messages())
+def test_quick_path_agrees_on_usual_messages(data: bytes) -> None:
+    check_quick_path(data)

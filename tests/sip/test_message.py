@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from teams_sbc.sip import message as message_module
+from teams_sbc.sip import uri as uri_module
 from teams_sbc.sip.errors import MessageTooLarge, SipParseError, VersionNotSupported
 from teams_sbc.sip.headers import CSeq
 from teams_sbc.sip.message import (
@@ -389,6 +391,39 @@ def test_accessor_caches_follow_changes() -> None:
     msg.headers.remove("call-id")
     with pytest.raises(SipParseError, match="Missing Call-ID"):
         _ = msg.call_id
+
+
+def test_parsed_values_survive_changes_to_other_headers() -> None:
+    msg = request(SIMPLE)
+    via, call_id, cseq, to = msg.top_via, msg.call_id, msg.cseq, msg.to_addr
+    msg.headers.set("Max-Forwards", "69")
+    msg.headers.prepend("Record-Route", "<sip:p.example;lr>")
+    assert msg.top_via is via and msg.call_id is call_id and msg.cseq is cseq
+    assert msg.to_addr is to
+    forwarded = msg.copy()  # a copy keeps them too, until its own headers change
+    assert forwarded.top_via is via and forwarded.to_addr is to
+    forwarded.headers.prepend("v", "SIP/2.0/UDP p.example;branch=z9hG4bKp1")
+    assert forwarded.top_via.branch == "z9hG4bKp1" and msg.top_via is via
+    assert forwarded.to_addr is to
+    msg.headers.remove_first_value("Via")
+    with pytest.raises(SipParseError, match="Missing Via"):
+        _ = msg.top_via
+
+
+def test_caches_stay_bounded_under_junk_names() -> None:
+    """Header names, layouts and URIs are cached; junk from the network cannot grow them
+    without bound, and the usual spellings stay known whatever came before."""
+    for n in range(3000):
+        junk = f"X-Junk-{n}-" + "y" * (n % 100)
+        data = SIMPLE.replace("Max-Forwards: 70", f"{junk}: 1\n{junk.lower()}: 2")
+        data = data.replace("sip:bob@biloxi", f"sip:bob{n}" + "b" * (n % 300) + "@biloxi")
+        assert request(data).ruri
+    assert len(message_module._NAME_CACHE) <= message_module._NAME_CACHE_MAX
+    assert len(message_module._LAYOUTS) <= message_module._LAYOUTS_MAX
+    assert len(uri_module._URI_CACHE) <= uri_module._URI_CACHE_MAX
+    assert all(len(name) <= 1 + 64 + 1 for name in message_module._NAME_CACHE)
+    assert message_module._NAME_CACHE[b"\nContent-Length:"] == "content-length"
+    assert message_module._NAME_CACHE[b"\nv:"] == "via"
 
 
 def test_max_forwards() -> None:

@@ -29,11 +29,16 @@ __all__ = ["KEEPALIVE_PING", "PONG", "FramerEvent", "FramingError", "KeepAlivePi
 PONG: Final = b"\r\n"
 
 _BLANK_LINE_RE: Final = re.compile(rb"\n\r?\n")
-# The value may continue on folded lines (RFC 3261 7.3.1).
-_CONTENT_LENGTH_RE: Final = re.compile(
-    rb"^(?:content-length|l)[ \t]*:((?:[^\r\n]|\r?\n[ \t])*)", re.I | re.M
-)
+# Content-Length lines (any case, compact "l"), their value possibly folded (RFC 3261 7.3.1).
+# Found after a line feed: a regex that starts with one is searched far faster than one that
+# starts with "^" under re.MULTILINE. The first line of a header section has its own.
+_CONTENT_LENGTH: Final = rb"(?:content-length|l)[ \t]*:((?:[^\r\n]|\r?\n[ \t])*)"
+_CONTENT_LENGTH_RE: Final = re.compile(rb"\n" + _CONTENT_LENGTH, re.I)
+_FIRST_LINE_CONTENT_LENGTH_RE: Final = re.compile(_CONTENT_LENGTH, re.I)
 _MAX_DIGITS: Final = 10
+# Stray bytes between messages: a LF, or a CR followed by anything but a LF (which would
+# make a pong, or half a ping).
+_STRAY_RE: Final = re.compile(rb"\n+|\r+(?=[^\n])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,80 +111,98 @@ class StreamFramer:
         """Take the bytes of one read; return the events they complete, in order."""
         if self._closed:
             return []
-        buf = self._buf
         if self._skip:
             dropped = min(self._skip, len(data))
             self._skip -= dropped
             data = data[dropped:]
-        buf += data
         events: list[FramerEvent] = []
-        while buf:
-            if self._need:
-                if len(buf) < self._need:
-                    break
-                events.append(bytes(buf[: self._need]))
-                del buf[: self._need]
-                self._need = 0
-                continue
-            if buf[0] in b"\r\n":
-                if not self._keepalive(buf, events):
-                    break
-                continue
-            if not self._header(buf, events):
-                break
+        buf = self._buf
+        if buf:  # the rest of a message already begun
+            buf += data
+            used = self._cut(buf, events)
+            del buf[:used]
+        else:  # the usual case on a busy connection: read from ``data`` itself, no copy
+            used = self._cut(data, events)
+            if used < len(data) and not self._closed:
+                buf += memoryview(data)[used:]
         return events
 
-    def _keepalive(self, buf: bytearray, events: list[FramerEvent]) -> bool:
-        """Consume CR/LF bytes between messages. False when more bytes are needed to decide."""
-        if buf.startswith(b"\r\n\r\n"):
-            events.append(KEEPALIVE_PING)
-            del buf[:4]
-        elif buf.startswith(b"\r\n"):
-            if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
-                return False  # maybe the first half of a ping
-            del buf[:2]  # a pong, or CRLF before a start line (RFC 3261 7.5)
-        elif buf == b"\r":
-            return False
-        else:
-            del buf[:1]  # stray LF or CR
-        return True
+    def _cut(self, data: bytes | bytearray, events: list[FramerEvent]) -> int:
+        """Cut the events out of ``data``; returns how many bytes they used."""
+        pos, end = 0, len(data)
+        while pos < end:
+            need = self._need
+            if need:
+                if end - pos < need:
+                    break
+                events.append(bytes(data[pos : pos + need]))  # no copy when data is bytes
+                pos += need
+                self._need = 0
+            elif data[pos] in b"\r\n":
+                stray = _STRAY_RE.match(data, pos)
+                if stray is not None:  # dropped all at once: a flood of them costs no more
+                    pos = stray.end()
+                    continue
+                step = self._keepalive(bytes(data[pos : pos + 4]), events)
+                if not step:
+                    break
+                pos += step
+            else:
+                after = self._header(data, pos, events)
+                if after < 0:
+                    break
+                pos = after
+        return pos
 
-    def _header(self, buf: bytearray, events: list[FramerEvent]) -> bool:
-        """Find the header section and its Content-Length. False when more bytes are needed."""
-        m = _BLANK_LINE_RE.search(buf, max(0, self._scan - 2))
+    def _keepalive(self, rest: bytes, events: list[FramerEvent]) -> int:
+        """CR/LF bytes between messages (``rest`` is up to four of them, from the first).
+
+        Returns how many are consumed; 0 when more bytes are needed to decide.
+        """
+        if rest == b"\r\n\r\n":
+            events.append(KEEPALIVE_PING)
+            return 4
+        if rest.startswith(b"\r\n"):
+            if len(rest) < 4 and b"\r\n\r\n".startswith(rest):
+                return 0  # maybe the first half of a ping
+            return 2  # a pong, or CRLF before a start line (RFC 3261 7.5)
+        if rest == b"\r":
+            return 0
+        return 1  # stray LF or CR
+
+    def _header(self, data: bytes | bytearray, pos: int, events: list[FramerEvent]) -> int:
+        """Find the header section starting at ``pos`` and its Content-Length.
+
+        Returns where the message's bytes continue, or -1 when more are needed (or the
+        stream failed).
+        """
+        m = _BLANK_LINE_RE.search(data, pos + max(0, self._scan - 2))
         if m is None:
-            if len(buf) > self.max_size:
+            if len(data) - pos > self.max_size:
                 self._fail(events, 513, f"Header section longer than {self.max_size} bytes")
             else:
-                self._scan = len(buf)
-            return False
+                self._scan = len(data) - pos
+            return -1
         self._scan = 0
-        head_len = m.end()
-        head = bytes(buf[:head_len])
+        head_end = m.end()
+        head_len = head_end - pos
         if head_len > self.max_size:
+            head = bytes(data[pos:head_end])
             self._fail(events, 513, f"Header section longer than {self.max_size} bytes", head)
-            return False
-        length = _content_length(head)
+            return -1
+        length = _content_length(data, pos, head_end)
         if isinstance(length, str):
-            self._fail(events, 400, length, head)
-            return False
+            self._fail(events, 400, length, bytes(data[pos:head_end]))
+            return -1
         total = head_len + length
         if total > self.max_size:
-            events.append(
-                FramingError(
-                    513,
-                    f"Message of {total} bytes is over the limit of {self.max_size}",
-                    False,
-                    head,
-                )
-            )
-            del buf[:head_len]
-            dropped = min(length, len(buf))
-            del buf[:dropped]
+            reason = f"Message of {total} bytes is over the limit of {self.max_size}"
+            events.append(FramingError(513, reason, False, bytes(data[pos:head_end])))
+            dropped = min(length, len(data) - head_end)
             self._skip = length - dropped
-            return True
+            return head_end + dropped
         self._need = total
-        return True
+        return pos
 
     def _fail(self, events: list[FramerEvent], status: int, reason: str, head: bytes = b"") -> None:
         events.append(FramingError(status, reason, True, head))
@@ -188,9 +211,14 @@ class StreamFramer:
         self._need = self._skip = self._scan = 0
 
 
-def _content_length(head: bytes) -> int | str:
-    """Content-Length of a header section, or the reason it has none usable (RFC 3261 18.3)."""
-    values = {tuple(v.split()) for v in _CONTENT_LENGTH_RE.findall(head)}
+def _content_length(data: bytes | bytearray, start: int, end: int) -> int | str:
+    """Content-Length of the header section ``data[start:end]``, or the reason it has none
+    usable (RFC 3261 18.3)."""
+    found = _CONTENT_LENGTH_RE.findall(data, start, end)
+    first = _FIRST_LINE_CONTENT_LENGTH_RE.match(data, start, end)
+    if first is not None:
+        found.append(first.group(1))
+    values = {tuple(v.split()) for v in found}
     if not values:
         return "Missing Content-Length on a stream transport"
     if len(values) > 1:

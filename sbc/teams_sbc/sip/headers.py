@@ -37,6 +37,7 @@ __all__ = [
     "parse_max_forwards",
     "parse_name_addr",
     "parse_name_addr_list",
+    "parse_top_via",
     "parse_via",
     "parse_via_list",
     "split_values",
@@ -128,8 +129,11 @@ LIST_HEADERS: Final = frozenset(
 )
 
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+#: Name as given -> canonical key. Seeded with the usual spellings (see the end of this
+#: section) so that they stay fast even once junk names from the network have filled it.
 _KEY_CACHE: dict[str, str] = {}
 _KEY_CACHE_MAX: Final = 1024
+_CACHED_NAME_MAX: Final = 64  # longer names are not cached: the caches stay small
 
 
 def is_token(text: str) -> bool:
@@ -143,7 +147,7 @@ def canonical_key(name: str) -> str:
     if key is None:
         key = name.strip().lower()
         key = COMPACT_FORMS.get(key, key)
-        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+        if len(_KEY_CACHE) < _KEY_CACHE_MAX and len(name) <= _CACHED_NAME_MAX:
             _KEY_CACHE[name] = key
     return key
 
@@ -193,12 +197,29 @@ def conventional_name(name: str) -> str:
                 spelled = "-".join(part.capitalize() for part in key.split("-"))
             else:
                 spelled = given
-        if len(_SPELLING_CACHE) < _KEY_CACHE_MAX:
+        if len(_SPELLING_CACHE) < _KEY_CACHE_MAX and len(name) <= _CACHED_NAME_MAX:
             _SPELLING_CACHE[name] = spelled
     return spelled
 
 
 _SPELLING_CACHE: dict[str, str] = {}
+
+
+def _usual_spellings() -> dict[str, str]:
+    """Each known header's usual spellings -> its key: ``via``, ``Via``, ``VIA``, ``v``, ``V``.
+
+    The caches of header names (here and in :mod:`.message`) start with these.
+    """
+    out: dict[str, str] = {}
+    for key in sorted(_KNOWN_KEYS | set(_SPECIAL_NAMES)):
+        for spelled in (key, key.upper(), conventional_name(key)):
+            out[spelled] = key
+    for compact, key in COMPACT_FORMS.items():
+        out[compact] = out[compact.upper()] = key
+    return out
+
+
+_KEY_CACHE.update(_usual_spellings())
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +305,7 @@ def _check_new_param(name: str, value: str | None) -> None:
 # --------------------------------------------------------------------------------------------
 # Via (RFC 3261 20.42), sent-protocol with optional LWS around the slashes (RFC 3261 25.1 SLASH)
 
+_SIP_2_0: Final = "SIP/2.0"
 _VIA_RE: Final = re.compile(
     r"[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)"
     r"[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+"
@@ -339,7 +361,10 @@ class Via(_ParamsMixin):
 
     @property
     def branch(self) -> str | None:
-        return self.param("branch") or None
+        for name, value in self.params:  # param("branch"), inlined: read on every message
+            if name == "branch" or (len(name) == 6 and name.lower() == "branch"):
+                return value or None
+        return None
 
     @property
     def received(self) -> str | None:
@@ -377,15 +402,74 @@ _SIMPLE_PARAMS_RE: Final = re.compile(r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^\s;,\"=
 
 
 def _split_simple_params(text: str) -> Params:
+    """Split parameters that matched :data:`_SIMPLE_PARAMS_RE` (``;a=1;b``)."""
+    text = text[1:]
+    if ";" not in text:  # the usual single parameter (a Via's branch, a To's tag)
+        name, eq, value = text.partition("=")
+        return ((name, value if eq else None),)
     out: list[tuple[str, str | None]] = []
-    for item in text[1:].split(";"):
+    for item in text.split(";"):
         name, eq, value = item.partition("=")
         out.append((name, value if eq else None))
     return tuple(out)
 
 
+# The usual Via value in one match: SIP/2.0, an upper-case transport, one space, host[:port]
+# and simple parameters. What these accept, the general parser accepts too, with the same
+# result (test_fuzz compares the two); anything else goes to the general one.
+_USUAL_VIA: Final = (
+    r"SIP/2\.0/(UDP|TCP|TLS|SCTP|WSS|WS) ([A-Za-z0-9\-_.]++|\[[0-9A-Fa-f:.]++\])"
+    r"(?::([0-9]{1,5}+))?((?:;[A-Za-z0-9\-.!%*_+`'~]++(?:=[^\s;,\"=<>]++)?)*+)[ \t]*+"
+)
+_USUAL_VIA_RE: Final = re.compile(_USUAL_VIA + r"\Z")
+# The first of several Vias on one line (``a, b``), or the only one.
+_USUAL_TOP_VIA_RE: Final = re.compile(_USUAL_VIA + r"(?:,|\Z)")
+
+
+def _usual_via(m: re.Match[str], value: str) -> Via | None:
+    """The Via that a ``_USUAL_*VIA_RE`` match found in ``value``; None if its port is out of
+    range (the general parser then says so)."""
+    transport, host, port, params = m.groups()
+    port_no = None
+    if port is not None:
+        port_no = int(port)
+        if port_no > 65535:
+            return None
+    text = value[: m.end(4)]
+    return Via(
+        _SIP_2_0, transport, host, port_no, _split_simple_params(params) if params else (), text
+    )
+
+
+def _usual_top_via(value: str) -> Via | None:
+    """The first Via of a header value when it has the usual shape, else None."""
+    m = _USUAL_TOP_VIA_RE.match(value)
+    return None if m is None else _usual_via(m, value)
+
+
+def parse_top_via(value: str) -> Via:
+    """The first Via in a Via header value, which may hold several (``a, b``)."""
+    via = _usual_top_via(value)
+    return _parse_top_via_general(value) if via is None else via
+
+
+def _parse_top_via_general(value: str) -> Via:
+    if "," in value:
+        values = split_values(value)
+        if not values:
+            raise SipParseError("Empty Via header")
+        value = values[0]
+    return _parse_via_general(value)
+
+
 def parse_via(value: str) -> Via:
     """Parse one Via value (no commas): ``SIP/2.0/UDP host:port;branch=...``."""
+    m = _USUAL_VIA_RE.match(value)
+    via = None if m is None else _usual_via(m, value)
+    return _parse_via_general(value) if via is None else via
+
+
+def _parse_via_general(value: str) -> Via:
     m = _VIA_RE.match(value)
     if m is None:
         raise SipParseError(f"Malformed Via header {snippet(value)}")
@@ -403,7 +487,8 @@ def parse_via(value: str) -> Via:
     else:
         params = parse_header_params(rest, "Via")
     text = value.strip(" \t")
-    return Via(f"{name}/{version}", transport.upper(), host, port_no, params, text)
+    protocol = _SIP_2_0 if name == "SIP" and version == "2.0" else f"{name}/{version}"
+    return Via(protocol, transport.upper(), host, port_no, params, text)
 
 
 def parse_via_list(value: str) -> list[Via]:
@@ -480,7 +565,10 @@ class NameAddr(_ParamsMixin):
 
     @property
     def tag(self) -> str | None:
-        return self.param("tag") or None
+        for name, value in self.params:  # param("tag"), inlined: read on most messages
+            if name == "tag" or (len(name) == 3 and name.lower() == "tag"):
+                return value or None
+        return None
 
     def with_param(self, name: str, value: str | None = None) -> NameAddr:
         """A copy with a header parameter set; the display name and URI keep their text."""
@@ -503,9 +591,35 @@ class NameAddr(_ParamsMixin):
         return NameAddr(text, self.display_name, self.params)
 
 
+# The usual name-addr in one match: an optional display name (tokens separated by single
+# spaces, or a quoted string without escapes), at most one space, <URI>, simple parameters;
+# or a bare addr-spec with simple parameters. It accepts only what the general parser
+# accepts, with the same result (test_fuzz compares the two).
+_TOKEN_CHARS: Final = r"A-Za-z0-9\-.!%*_+`'~"
+_USUAL_NAME_ADDR_RE: Final = re.compile(
+    rf"(?:(?:([{_TOKEN_CHARS}]++(?: [{_TOKEN_CHARS}]++)*+) ?|\"([^\"\\\r\n]*+)\" ?)?"
+    rf"<([^\s<>\"]++)>|([^\s<>\";,]++))((?:;[{_TOKEN_CHARS}]++(?:=[^\s;,\"=<>]++)?)*+)\Z"
+)
+
+
 def parse_name_addr(value: str, what: str = "name-addr") -> NameAddr:
     """Parse a name-addr or addr-spec with header parameters (From, To, Contact, Route...)."""
     text = value.strip(" \t\r\n")
+    m = _USUAL_NAME_ADDR_RE.match(text)
+    if m is None:
+        return _parse_name_addr_general(text, what)
+    name, quoted, bracketed, bare, param_text = m.groups()
+    if bracketed is None:
+        uri, head = bare, bare
+    else:
+        uri, head = bracketed, text[: m.end(3) + 1]
+    if ":" not in uri:
+        return _parse_name_addr_general(text, what)  # it raises
+    params = _split_simple_params(param_text) if param_text else ()
+    return NameAddr(uri, quoted if name is None else name, params, head=head, text=text)
+
+
+def _parse_name_addr_general(text: str, what: str) -> NameAddr:
     display: str | None = None
     if text.startswith('"'):
         m = _QUOTED_RE.match(text)

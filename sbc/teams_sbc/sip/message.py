@@ -2,7 +2,10 @@
 
 Parsing does the least a proxy needs on every message: it splits the start line and the header
 lines, maps each header name to its canonical key, checks the mandatory headers, and parses only
-CSeq, Content-Length and the top Via. Every other value is decoded when someone asks for it.
+Call-ID, CSeq, Content-Length and the top Via. Every other value is decoded when someone asks
+for it. The usual message (see :func:`_parse_usual`) takes a quick path; anything else, and
+every error, takes the general one, :func:`_parse`, which gives the same result
+(docs/sip-messages.md says what each step costs).
 
 Each header line is kept as the bytes it arrived as, in order. Serialising emits those bytes for
 every header nobody changed, so an unmodified message re-serialises to the same bytes, and a
@@ -32,11 +35,14 @@ from teams_sbc.sip.errors import (
     VersionNotSupported,
     snippet,
 )
+from teams_sbc.sip.headers import _KEY_CACHE as _KEYS
 from teams_sbc.sip.headers import (
     LIST_HEADERS,
     CSeq,
     NameAddr,
     Via,
+    _usual_spellings,
+    _usual_top_via,
     canonical_key,
     conventional_name,
     first_value_span,
@@ -45,7 +51,7 @@ from teams_sbc.sip.headers import (
     parse_cseq,
     parse_max_forwards,
     parse_name_addr,
-    parse_via,
+    parse_top_via,
     parse_via_list,
     split_values,
 )
@@ -75,21 +81,25 @@ DEFAULT_MAX_LINE: Final = 8192
 SIP_VERSION: Final = "SIP/2.0"
 _MANDATORY: Final = ("via", "from", "to", "call-id", "cseq")  # RFC 3261 8.1.1
 _SINGLE: Final = ("from", "to", "call-id", "cseq")  # must not repeat (RFC 3261 20)
-_SPELLING: Final = {"from": "From", "to": "To"}
 _SUPPORTED_SCHEMES: Final = frozenset({"sip", "sips", "tel"})
 _URI_PREFIXES: Final = frozenset({b"sip:", b"tel:"})
 
 _FOLD_RE: Final = re.compile(rb"[ \t]*\r\n[ \t]+")
 _FOLD_STR_RE: Final = re.compile(r"[ \t]*\r\n[ \t]+")
 _BLANK_LINE_RE: Final = re.compile(rb"\n\r?\n")
-# "\nName:" at the start of each header line; never matches a continuation or colon-less line.
-_NAME_RE: Final = re.compile(rb"\n([^:\r\n \t][^:\r\n]*:)")
+# "\nName:" at the start of each header line whose name is a token followed by the colon
+# (RFC 3261 25.1). Never matches a continuation line or one without a colon.
+_NAME_RE: Final = re.compile(rb"\n[A-Za-z0-9\-.!%*_+`'~]++:")
 _TOKEN_BYTES_RE: Final = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _VERSION_RE: Final = re.compile(rb"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
 
-# b"Via:" -> "via": the name slice includes the colon so a line without one never hits.
-_NAME_CACHE: dict[bytes, str] = {}
+# b"\nVia:" -> "via", as _NAME_RE finds it. Seeded with the usual spellings, which then stay
+# fast even once junk names from the network have filled it.
+_NAME_CACHE: dict[bytes, str] = {
+    b"\n" + name.encode() + b":": key for name, key in _usual_spellings().items()
+}
 _NAME_CACHE_MAX: Final = 2048
+_CACHED_NAME_MAX: Final = 64  # longer names are not cached: the caches stay small
 _METHODS: Final[dict[bytes, str]] = {
     m.encode(): sys.intern(m)
     for m in (
@@ -109,8 +119,6 @@ _METHODS: Final[dict[bytes, str]] = {
         "UPDATE",
     )
 }
-
-_METHOD_NAMES: Final = {m: m for m in _METHODS.values()}
 
 #: Default reason phrases (RFC 3261 21 and the extensions a Teams SBC meets).
 REASON_PHRASES: Final[dict[int, str]] = {
@@ -180,8 +188,37 @@ def _value_of(raw: bytes) -> str:
     return value.strip(b" \t").decode("utf-8", "surrogateescape")
 
 
+def _digits_of(raw: bytes) -> int:
+    """The number in a header line such as ``Content-Length: 129``, or -1 if it is not plain
+    digits on one line (then the caller's general parser decides, or reports the error)."""
+    value = raw[raw.find(b":") + 1 :].strip(b" \t")
+    # bytes.isdigit() is ASCII-only, unlike str.isdigit(); the length bounds int()'s work.
+    if value.isdigit() and len(value) < 10:
+        return int(value)
+    return -1
+
+
 def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
+
+
+# Name as given -> (key, b"Conventional-Name: "), for the names already checked once.
+_LINE_PREFIXES: dict[str, tuple[str, bytes]] = {}
+_LINE_PREFIXES_MAX: Final = 1024
+
+
+def _make_line(name: str, value: str) -> tuple[str, bytes]:
+    """The key and raw bytes of a new line ``Name: value`` (see :meth:`Header.make`)."""
+    prefix = _LINE_PREFIXES.get(name)
+    if prefix is None:
+        if not is_token(name.strip()):
+            raise ValueError(f"bad header name {name!r}")
+        prefix = (canonical_key(name), _encode(conventional_name(name) + ": "))
+        if len(_LINE_PREFIXES) < _LINE_PREFIXES_MAX:
+            _LINE_PREFIXES[name] = prefix
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"header value may not contain CR or LF: {value!r}")
+    return prefix[0], prefix[1] + _encode(value.strip())
 
 
 class Header:
@@ -204,11 +241,7 @@ class Header:
 
         Refuses names that are not tokens and values containing CR or LF (header injection).
         """
-        if not is_token(name.strip()):
-            raise ValueError(f"bad header name {name!r}")
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"header value may not contain CR or LF: {value!r}")
-        return cls(canonical_key(name), _encode(f"{conventional_name(name)}: {value.strip()}"))
+        return cls(*_make_line(name, value))
 
     @property
     def name(self) -> str:
@@ -231,54 +264,93 @@ class Header:
         return hash((self.key, self.raw))
 
 
+# What the message accessors keep parsed on :class:`Headers`, by the header it is parsed
+# from: a change to that header drops it, a change to another header keeps it.
+_PARSED_FROM: Final[dict[str, tuple[str, ...]]] = {
+    "via": ("_top_via", "_vias"),
+    "call-id": ("_call_id",),
+    "cseq": ("_cseq",),
+    "from": ("_from",),
+    "to": ("_to",),
+}
+
 # Header versions are unique across all Headers objects, so a message's cached bytes can never
 # be mistaken for those of another Headers object assigned to it.
 _VERSIONS: Final = itertools.count(1)
 
 
+# Every Headers method starts with ``_KEYS.get(name) or canonical_key(name)``: canonical_key,
+# without the function call for a spelling seen before.
 class Headers:
     """The ordered header fields of a message.
 
     Look-ups take any spelling of a name (``"Via"``, ``"v"``, ``"via"``). Changes replace whole
     lines; untouched lines keep their bytes and their place. Every change gives a new
-    ``version`` and clears the parsed-value cache that the message accessors use.
+    ``version`` and drops the values the message accessors parsed from the changed header.
     """
 
-    __slots__ = ("_cache", "_keys", "_raws", "version")
+    __slots__ = (
+        "_call_id",
+        "_cseq",
+        "_from",
+        "_keys",
+        "_raws",
+        "_to",
+        "_top_via",
+        "_vias",
+        "version",
+    )
+
+    # What the message accessors parsed (None until then), kept here so that any change to
+    # the header it comes from can drop it (see _changed).
+    _call_id: str | None
+    _cseq: CSeq | None
+    _top_via: Via | None
+    _vias: list[Via] | None
+    _from: NameAddr | None
+    _to: NameAddr | None
 
     def __init__(self, items: Iterable[Header | tuple[str, str]] = ()) -> None:
         self._keys: list[str] = []
         self._raws: list[bytes] = []
-        self._cache: dict[str, object] = {}
+        self._call_id = self._cseq = self._top_via = self._vias = self._from = self._to = None
         self.version = next(_VERSIONS)
         for item in items:
-            header = item if isinstance(item, Header) else Header.make(*item)
-            self._keys.append(header.key)
-            self._raws.append(header.raw)
+            key, raw = (item.key, item.raw) if isinstance(item, Header) else _make_line(*item)
+            self._keys.append(key)
+            self._raws.append(raw)
 
     @classmethod
     def _from_lists(cls, keys: list[str], raws: list[bytes]) -> Headers:
         headers = cls.__new__(cls)
         headers._keys = keys
         headers._raws = raws
-        headers._cache = {}
+        headers._call_id = headers._cseq = headers._top_via = None
+        headers._vias = headers._from = headers._to = None
         headers.version = next(_VERSIONS)
         return headers
 
     def copy(self) -> Headers:
-        """An independent copy (the lines are shared bytes; lists and cache are new).
+        """An independent copy (the lines are shared bytes; lists are new).
 
-        It keeps the version: same version, same lines, so a serialisation cached for the
-        original is valid for the copy until either changes.
+        It keeps the version and the parsed values: same version, same lines, so what was
+        serialised or parsed for the original is valid for the copy until either changes.
         """
-        new = Headers._from_lists(self._keys.copy(), self._raws.copy())
-        new._cache = self._cache.copy()
+        new = Headers.__new__(Headers)
+        new._keys = self._keys.copy()
+        new._raws = self._raws.copy()
+        new._call_id, new._cseq, new._top_via = self._call_id, self._cseq, self._top_via
+        new._vias = None if self._vias is None else self._vias.copy()
+        new._from, new._to = self._from, self._to
         new.version = self.version
         return new
 
-    def _changed(self) -> None:
+    def _changed(self, key: str) -> None:
+        """A line called ``key`` changed: new version; drop what was parsed from ``key``."""
         self.version = next(_VERSIONS)
-        self._cache.clear()
+        if key in _PARSED_FROM:
+            for attribute in _PARSED_FROM[key]:
+                setattr(self, attribute, None)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -292,7 +364,7 @@ class Headers:
         return Header(self._keys[index], self._raws[index])
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and canonical_key(name) in self._keys
+        return isinstance(name, str) and (_KEYS.get(name) or canonical_key(name)) in self._keys
 
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
@@ -303,27 +375,33 @@ class Headers:
 
     def index(self, name: str) -> int:
         """Position of the first header called ``name``, or -1."""
-        key = canonical_key(name)
+        key = _KEYS.get(name) or canonical_key(name)
         return self._keys.index(key) if key in self._keys else -1
 
     def count(self, name: str) -> int:
-        return self._keys.count(canonical_key(name))
+        return self._keys.count(_KEYS.get(name) or canonical_key(name))
 
     def get(self, name: str) -> str | None:
         """The value of the first header called ``name``, or None."""
-        key = canonical_key(name)
-        if key not in self._keys:
+        key = _KEYS.get(name) or canonical_key(name)
+        keys = self._keys
+        if key not in keys:
             return None
-        return _value_of(self._raws[self._keys.index(key)])
+        return _value_of(self._raws[keys.index(key)])
 
     def get_all(self, name: str) -> list[str]:
         """The value of each header line called ``name``, in order."""
-        key = canonical_key(name)
-        return [_value_of(r) for k, r in zip(self._keys, self._raws, strict=True) if k == key]
+        key = _KEYS.get(name) or canonical_key(name)
+        keys = self._keys
+        if key not in keys:
+            return []
+        if keys.count(key) == 1:
+            return [_value_of(self._raws[keys.index(key)])]
+        return [_value_of(r) for k, r in zip(keys, self._raws, strict=True) if k == key]
 
     def header_lines(self, name: str) -> list[Header]:
         """Every header line called ``name`` (raw bytes included), in order."""
-        key = canonical_key(name)
+        key = _KEYS.get(name) or canonical_key(name)
         return [Header(k, r) for k, r in zip(self._keys, self._raws, strict=True) if k == key]
 
     def values(self, name: str) -> list[str]:
@@ -332,7 +410,7 @@ class Headers:
         Headers outside :data:`LIST_HEADERS` (WWW-Authenticate, Authorization, Date...) are
         never split: one value per line.
         """
-        key = canonical_key(name)
+        key = _KEYS.get(name) or canonical_key(name)
         lines = self.get_all(key)
         if key not in LIST_HEADERS:
             return lines
@@ -343,61 +421,78 @@ class Headers:
     def insert(self, where: int | str, name: str, value: str) -> None:
         """Insert a line at index ``where``, or before the first header called ``where``
         (at the end when there is none)."""
-        header = Header.make(name, value)
-        self.insert_header(where, header)
+        self._insert(where, *_make_line(name, value))
 
     def insert_header(self, where: int | str, header: Header) -> None:
         """Insert an existing :class:`Header` (raw bytes kept), positioned as :meth:`insert`."""
+        self._insert(where, header.key, header.raw)
+
+    def _insert(self, where: int | str, key: str, raw: bytes) -> None:
         if isinstance(where, str):
-            key = canonical_key(where)
-            index = self._keys.index(key) if key in self._keys else len(self._keys)
+            at = _KEYS.get(where) or canonical_key(where)
+            index = self._keys.index(at) if at in self._keys else len(self._keys)
         else:
             index = where
-        self._keys.insert(index, header.key)
-        self._raws.insert(index, header.raw)
-        self._changed()
+        self._keys.insert(index, key)
+        self._raws.insert(index, raw)
+        self._changed(key)
 
     def append(self, name: str, value: str) -> None:
-        self.append_header(Header.make(name, value))
+        key, raw = _make_line(name, value)
+        self._keys.append(key)
+        self._raws.append(raw)
+        self._changed(key)
 
     def append_header(self, header: Header) -> None:
         self._keys.append(header.key)
         self._raws.append(header.raw)
-        self._changed()
+        self._changed(header.key)
 
     def prepend(self, name: str, value: str) -> None:
         """Add a new topmost ``name`` line: above the existing ones, else at the very top.
 
         This is how a proxy pushes its Via (RFC 3261 16.6 step 8) or Record-Route (step 4).
         """
-        header = Header.make(name, value)
-        index = self._keys.index(header.key) if header.key in self._keys else 0
-        self._keys.insert(index, header.key)
-        self._raws.insert(index, header.raw)
-        self._changed()
+        key, raw = _make_line(name, value)
+        keys = self._keys
+        index = keys.index(key) if key in keys else 0
+        keys.insert(index, key)
+        self._raws.insert(index, raw)
+        self._changed(key)
 
     def remove(self, name: str) -> int:
         """Remove every line called ``name``; returns how many went."""
-        key = canonical_key(name)
-        count = self._keys.count(key)
-        if count:
-            keep = [i for i, k in enumerate(self._keys) if k != key]
-            self._keys = [self._keys[i] for i in keep]
+        key = _KEYS.get(name) or canonical_key(name)
+        keys = self._keys
+        count = keys.count(key)
+        if count == 1:
+            index = keys.index(key)
+            del keys[index]
+            del self._raws[index]
+        elif count:
+            keep = [i for i, k in enumerate(keys) if k != key]
+            self._keys = [keys[i] for i in keep]
             self._raws = [self._raws[i] for i in keep]
-            self._changed()
+        if count:
+            self._changed(key)
         return count
 
     def replace(self, name: str, *values: str) -> None:
         """Replace every line called ``name`` by one line per value, where the first one was
         (at the end when there was none). No values: same as :meth:`remove`."""
-        key = canonical_key(name)
-        new = [Header.make(name, v) for v in values]
-        index = self._keys.index(key) if key in self._keys else len(self._keys)
+        key = _KEYS.get(name) or canonical_key(name)
+        lines = [_make_line(name, v) for v in values]
+        keys = self._keys
+        if len(lines) == 1 and keys.count(key) == 1:  # one line for one (Max-Forwards)
+            self._raws[keys.index(key)] = lines[0][1]
+            self._changed(key)
+            return
+        index = keys.index(key) if key in keys else len(keys)
         self.remove(key)
-        for offset, header in enumerate(new):
-            self._keys.insert(index + offset, header.key)
-            self._raws.insert(index + offset, header.raw)
-        self._changed()
+        for offset, (new_key, raw) in enumerate(lines):
+            self._keys.insert(index + offset, new_key)
+            self._raws.insert(index + offset, raw)
+        self._changed(key)
 
     def set(self, name: str, value: str) -> None:
         """Make ``value`` the single line called ``name``."""
@@ -410,22 +505,48 @@ class Headers:
         remaining values exactly as written, under the name as written (RFC 3261 16.7 step 3:
         a proxy pops its own Via off a response; sipp's UAS joins Vias this way).
         """
-        key = canonical_key(name)
-        while key in self._keys:
-            index = self._keys.index(key)
-            raw = self._raws[index]
+        key = _KEYS.get(name) or canonical_key(name)
+        keys, raws = self._keys, self._raws
+        while key in keys:
+            index = keys.index(key)
+            raw = raws[index]
             colon = raw.find(b":")
-            text = raw[colon + 1 :].decode("utf-8", "surrogateescape")
-            first, rest_at = first_value_span(text)
-            if rest_at >= len(text):
-                del self._keys[index]
-                del self._raws[index]
+            popped = _pop_simple_value(raw, colon)
+            if popped is None:
+                text = raw[colon + 1 :].decode("utf-8", "surrogateescape")
+                first, rest_at = first_value_span(text)
+                rest = _encode(text[rest_at:]) if rest_at < len(text) else b""
             else:
-                self._raws[index] = raw[:colon] + b": " + _encode(text[rest_at:])
-            self._changed()
+                first, rest = popped
+            if rest:
+                raws[index] = raw[:colon] + b": " + rest
+            else:
+                del keys[index]
+                del raws[index]
+            self._changed(key)
             if first:
-                return _FOLD_STR_RE.sub(" ", first)
+                return _FOLD_STR_RE.sub(" ", first) if "\n" in first else first
         return None
+
+
+def _pop_simple_value(raw: bytes, colon: int) -> tuple[str, bytes] | None:
+    """The first value of a one-line list header and the bytes of the rest, the quick way.
+
+    Only for a line without quotes, ``<``, folding or an empty first value; None otherwise,
+    and then :func:`first_value_span` does it.
+    """
+    if b'"' in raw or b"<" in raw or b"\r" in raw:
+        return None
+    comma = raw.find(b",", colon)
+    if comma < 0:
+        first = raw[colon + 1 :].strip(b" \t")
+        rest = b""
+    else:
+        first = raw[colon + 1 : comma].strip(b" \t")
+        rest = raw[comma + 1 :].lstrip(b" \t")
+    if not first:
+        return None
+    return first.decode("utf-8", "surrogateescape"), rest
 
 
 class Message:
@@ -502,11 +623,15 @@ class Message:
         headers = self.headers
         size = len(self._body)
         keys = headers._keys
-        if "content-length" in keys:
-            if keys.count("content-length") == 1:
-                value = _value_of(headers._raws[keys.index("content-length")])
-                if value.isascii() and value.isdigit() and int(value) == size:
-                    return
+        count = keys.count("content-length")
+        if count == 1:
+            raw = headers._raws[keys.index("content-length")]
+            if raw == b"Content-Length: %d" % size or _digits_of(raw) == size:
+                return
+            value = _value_of(raw)  # folded, or zero-padded past what _digits_of reads
+            if value.isascii() and value.isdigit() and (value.lstrip("0") or "0") == str(size):
+                return
+        if count:
             headers.replace("content-length", str(size))
         else:
             headers.append("Content-Length", str(size))
@@ -514,99 +639,99 @@ class Message:
     # --- accessors ---------------------------------------------------------------------------
 
     def _required(self, key: str) -> str:
-        value = self.headers.get(key)
-        if value is None:
+        """The value of the first ``key`` line (a canonical key); 400 when there is none."""
+        keys = self.headers._keys
+        if key not in keys:
             raise SipParseError(f"Missing {conventional_name(key)} header")
-        return value
+        return _value_of(self.headers._raws[keys.index(key)])
 
     @property
     def call_id(self) -> str:
-        cache = self.headers._cache
-        value = cache.get("call_id")
+        headers = self.headers
+        value = headers._call_id
         if value is None:
-            value = cache["call_id"] = self._required("call-id")
-        assert isinstance(value, str)
+            value = headers._call_id = self._required("call-id")
         return value
 
     @property
     def cseq(self) -> CSeq:
-        cache = self.headers._cache
-        value = cache.get("cseq")
+        headers = self.headers
+        value = headers._cseq
         if value is None:
-            value = cache["cseq"] = parse_cseq(self._required("cseq"))
-        assert isinstance(value, CSeq)
+            value = headers._cseq = parse_cseq(self._required("cseq"))
         return value
 
     @property
     def top_via(self) -> Via:
         """The first Via value (even when several share the first Via line)."""
-        cache = self.headers._cache
-        value = cache.get("top_via")
+        headers = self.headers
+        value = headers._top_via
         if value is None:
-            value = cache["top_via"] = _top_via(self._required("via"))
-        assert isinstance(value, Via)
+            value = headers._top_via = parse_top_via(self._required("via"))
         return value
 
     @property
     def vias(self) -> list[Via]:
         """Every Via value, top first."""
-        cache = self.headers._cache
-        value = cache.get("vias")
+        headers = self.headers
+        value = headers._vias
         if value is None:
-            value = cache["vias"] = [
-                v for line in self.headers.get_all("via") for v in parse_via_list(line)
+            value = headers._vias = [
+                v for line in headers.get_all("via") for v in parse_via_list(line)
             ]
-        assert isinstance(value, list)
-        return value
-
-    def _name_addr(self, key: str) -> NameAddr:
-        cache = self.headers._cache
-        value = cache.get(key)
-        if value is None:
-            value = cache[key] = parse_name_addr(self._required(key), _SPELLING[key])
-        assert isinstance(value, NameAddr)
         return value
 
     @property
     def from_addr(self) -> NameAddr:
-        return self._name_addr("from")
+        headers = self.headers
+        value = headers._from
+        if value is None:
+            value = headers._from = parse_name_addr(self._required("from"), "From")
+        return value
 
     @property
     def to_addr(self) -> NameAddr:
-        return self._name_addr("to")
+        headers = self.headers
+        value = headers._to
+        if value is None:
+            value = headers._to = parse_name_addr(self._required("to"), "To")
+        return value
 
     @property
     def from_tag(self) -> str | None:
-        return self._name_addr("from").tag
+        return self.from_addr.tag
 
     @property
     def to_tag(self) -> str | None:
-        return self._name_addr("to").tag
+        return self.to_addr.tag
 
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards, or None when absent (a proxy then adds :data:`DEFAULT_MAX_FORWARDS`)."""
-        value = self.headers.get("max-forwards")
-        return None if value is None else parse_max_forwards(value)
+        headers = self.headers
+        keys = headers._keys
+        if "max-forwards" not in keys:
+            return None
+        raw = headers._raws[keys.index("max-forwards")]
+        number = _digits_of(raw)
+        if 0 <= number <= 255:
+            return number
+        return parse_max_forwards(_value_of(raw))  # raises: too large or malformed
 
     @property
     def content_length(self) -> int | None:
         """The declared Content-Length, or None when absent."""
-        value = self.headers.get("content-length")
-        return None if value is None else parse_content_length(value)
+        headers = self.headers
+        keys = headers._keys
+        if "content-length" not in keys:
+            return None
+        raw = headers._raws[keys.index("content-length")]
+        number = _digits_of(raw)
+        return number if number >= 0 else parse_content_length(_value_of(raw))
 
     @property
     def content_type(self) -> str | None:
         return self.headers.get("content-type")
-
-
-def _top_via(value: str) -> Via:
-    if "," in value:
-        values = split_values(value)
-        if not values:
-            raise SipParseError("Empty Via header")
-        value = values[0]
-    return parse_via(value)
 
 
 class Request(Message):
@@ -776,7 +901,10 @@ def parse_message(
     lines (continuation lines count), ``max_line`` bytes in one header field.
     """
     try:
-        return _parse(data, max_size, max_headers, max_line)
+        if type(data) is not bytes:  # a bytearray or memoryview from a transport
+            data = bytes(data)
+        usual = _parse_usual(data, max_size, max_headers, max_line)
+        return _parse(data, max_size, max_headers, max_line) if usual is None else usual
     except SipParseError:
         raise
     except Exception as exc:
@@ -785,9 +913,177 @@ def parse_message(
         raise SipParseError(f"Unparseable message ({type(exc).__name__})") from exc
 
 
+# A header layout: the keys of the lines in order, and for Via, Call-ID, CSeq and
+# Content-Length the index of the line and where its value starts (-1, -1 when there is no
+# Content-Length). Messages from one peer come in a handful of layouts, so the checks on the
+# mandatory headers are done once per layout rather than once per message.
+_Layout = tuple[tuple[str, ...], int, int, int, int, int, int, int, int]
+_LAYOUTS: dict[bytes, _Layout] = {}
+_LAYOUTS_MAX: Final = 512
+_LAYOUT_SIGNATURE_MAX: Final = 2048  # bytes of names; a Teams INVITE's are about 300
+
+
+def _layout_of(names: list[bytes]) -> _Layout | None:
+    """The layout of a header section whose lines start with ``names`` (``b"\\nVia:"``...).
+
+    None unless every name is known and Via, From, To, Call-ID and CSeq are there (only Via
+    repeated) with at most one Content-Length: the other cases are for :func:`_parse`.
+    """
+    maybe_keys = list(map(_NAME_CACHE.get, names))
+    if None in maybe_keys:
+        return None
+    keys = cast("list[str]", maybe_keys)
+    count = keys.count
+    lengths = count("content-length")
+    if (
+        count("cseq") != 1
+        or count("call-id") != 1
+        or count("from") != 1
+        or count("to") != 1
+        or "via" not in keys
+        or lengths > 1
+    ):
+        return None
+    # A line is the name without "\n", then the colon: its value starts at len(name) - 1.
+    via, call_id, cseq = keys.index("via"), keys.index("call-id"), keys.index("cseq")
+    length = keys.index("content-length") if lengths else -1
+    return (
+        tuple(keys),
+        via,
+        len(names[via]) - 1,
+        call_id,
+        len(names[call_id]) - 1,
+        cseq,
+        len(names[cseq]) - 1,
+        length,
+        len(names[length]) - 1 if lengths else -1,
+    )
+
+
+def _parse_usual(
+    data: bytes, max_size: int, max_headers: int, max_line: int
+) -> Request | Response | None:
+    """The usual message, the quick way; None for anything else, which :func:`_parse` does.
+
+    Usual means: within the limits, CRLF line ends, no folding, each header name a token
+    spelled as seen before, Via, From, To, Call-ID and CSeq present (only Via repeated), the
+    usual Request-Line or Status-Line, CSeq and top Via, and at most one Content-Length, not
+    more than the body. Whatever it accepts, it parses exactly as :func:`_parse` does (the
+    fuzz tests compare the two); everything it declines, including every error, goes there.
+    """
+    sep = data.find(b"\r\n\r\n")
+    if sep < 0 or len(data) > max_size:
+        return None
+    head = data[:sep]
+    lines = head.split(b"\r\n")
+    crlfs = len(lines) - 1
+    if (
+        crlfs > max_headers
+        or len(head) > max_line  # then some line may be too long: let _parse look
+        or head.count(b"\n") != crlfs
+        or head.count(b"\r") != crlfs
+    ):
+        return None
+    # One "\nName:" per header line (so no continuation lines), in a known layout.
+    names = _NAME_RE.findall(head)
+    if len(names) != crlfs:
+        return None
+    signature = b"".join(names)
+    layout = _LAYOUTS.get(signature)
+    if layout is None:
+        layout = _layout_of(names)
+        if layout is None:
+            return None
+        if len(signature) <= _LAYOUT_SIGNATURE_MAX:
+            if len(_LAYOUTS) >= _LAYOUTS_MAX:
+                _LAYOUTS.clear()
+            _LAYOUTS[signature] = layout
+    keys, via_at, via_off, call_id_at, call_id_off, cseq_at, cseq_off, cl_at, cl_off = layout
+    start = lines[0]
+    del lines[0]
+
+    # Start line (RFC 3261 7.1, 7.2).
+    method: str | None = None
+    if start[:8] == b"SIP/2.0 ":
+        code = start[8:11]
+        if not (code.isdigit() and b"100" <= code <= b"699" and start[11:12] in (b" ", b"")):
+            return None
+    else:
+        parts = start.split(b" ")
+        method = _METHODS.get(parts[0])
+        if (
+            method is None
+            or len(parts) != 3
+            or parts[2] != b"SIP/2.0"
+            or not (parts[1][:4].lower() in _URI_PREFIXES or parts[1][:5].lower() == b"sips:")
+            or not parts[1].isascii()
+        ):
+            return None
+        uri = parts[1].decode("ascii")
+
+    # Call-ID, CSeq and the top Via (RFC 3261 8.1.1, 20.8, 20.16, 20.42).
+    call_id = lines[call_id_at][call_id_off:].strip(b" \t").decode("utf-8", "surrogateescape")
+    number, _, cseq_method = lines[cseq_at][cseq_off:].strip(b" \t").partition(b" ")
+    cseq_method_name = _METHODS.get(cseq_method)
+    if (
+        not call_id
+        or cseq_method_name is None
+        or (method is not None and cseq_method_name != method)
+        or not number.isdigit()  # bytes: ASCII digits only
+        or len(number) > 9  # under 2**31 (RFC 3261 8.1.1.5)
+    ):
+        return None
+    top_via = _usual_top_via(
+        lines[via_at][via_off:].strip(b" \t").decode("utf-8", "surrogateescape")
+    )
+    if top_via is None:
+        return None
+
+    # Body and Content-Length (RFC 3261 18.3, 20.14).
+    body_start = sep + 4
+    body = data[body_start:]
+    whole: bytes | None = data
+    if cl_at < 0:
+        whole = None  # to_bytes must add it
+    else:
+        digits = lines[cl_at][cl_off:].strip(b" \t")
+        if not digits.isdigit() or len(digits) > 9:
+            return None
+        length = int(digits)
+        if length != len(body):
+            if length > len(body):
+                return None
+            body = body[:length]  # extra bytes after the body are discarded
+            whole = data[: body_start + length]
+
+    headers = Headers.__new__(Headers)
+    headers._keys = list(keys)
+    headers._raws = lines
+    headers._call_id = call_id
+    headers._cseq = tuple.__new__(CSeq, (int(number), cseq_method_name))
+    headers._top_via = top_via
+    headers._vias = headers._from = headers._to = None
+    headers.version = next(_VERSIONS)
+    message: Request | Response
+    if method is None:
+        message = Response.__new__(Response)
+        message._status = int(code)
+        message._reason = start[12:].decode("utf-8", "surrogateescape")
+    else:
+        message = Request.__new__(Request)
+        message._method = method
+        message._uri = uri
+        message._ruri = None
+    message.headers = headers
+    message._body = body
+    message._version = SIP_VERSION
+    message._start = start
+    message._raw = whole
+    message._raw_version = headers.version
+    return message
+
+
 def _parse(data: bytes, max_size: int, max_headers: int, max_line: int) -> Request | Response:
-    if type(data) is not bytes:  # a bytearray or memoryview from a transport
-        data = bytes(data)
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")  # RFC 3261 7.5: CRLFs before the start line are ignored
     if not data:
@@ -881,16 +1177,17 @@ def _slow_names(lines: list[bytes]) -> tuple[list[str], list[bytes], SipParseErr
     out_lines: list[bytes] = []
     for line in lines:
         colon = line.find(b":")
-        key = _NAME_CACHE.get(line[: colon + 1])
+        name = line[:colon] if colon > 0 else b""
+        key = _NAME_CACHE.get(b"\n" + name + b":")
         if key is None:
-            name = line[:colon].rstrip(b" \t") if colon > 0 else b""
+            name = name.rstrip(b" \t")
             if not _TOKEN_BYTES_RE.match(name):
                 what = "without a colon" if colon < 0 else "with a bad name"
                 err = err or SipParseError(f"Header line {what}: {snippet(line)}")
                 continue
             key = sys.intern(canonical_key(name.decode("ascii")))
-            if len(_NAME_CACHE) < _NAME_CACHE_MAX:
-                _NAME_CACHE[line[: colon + 1]] = key
+            if len(_NAME_CACHE) < _NAME_CACHE_MAX and colon == len(name) <= _CACHED_NAME_MAX:
+                _NAME_CACHE[b"\n" + name + b":"] = key
         out_keys.append(key)
         out_lines.append(line)
     return out_keys, out_lines, err
@@ -1018,78 +1315,74 @@ def _finish_response(
     return response
 
 
-def _fast_cseq(value: str) -> CSeq:
-    """CSeq the quick way for the usual ``1 INVITE``; anything else goes to the full parser."""
-    number, space, method = value.partition(" ")
-    # isascii first: str.isdigit() and isalpha() also accept non-ASCII digits and letters.
-    if (
-        space
-        and len(number) < 10
-        and number.isascii()
-        and number.isdigit()
-        and method.isascii()
-        and method.isalpha()
-    ):
-        return CSeq(int(number), _METHOD_NAMES.get(method, method))
-    return parse_cseq(value)
+def _cseq_of(raw: bytes) -> CSeq:
+    """The CSeq of a raw line, the quick way for the usual ``CSeq: 1 INVITE``; anything else
+    (odd spacing, an unknown method, folding) goes to the full parser."""
+    number, _, method = raw[raw.find(b":") + 1 :].strip(b" \t").partition(b" ")
+    known = _METHODS.get(method)
+    # bytes.isdigit() is ASCII-only; under 10 digits is under 2**31 (RFC 3261 8.1.1.5).
+    if known is not None and number.isdigit() and len(number) < 10:
+        return CSeq(int(number), known)
+    return parse_cseq(_value_of(raw))
+
+
+def _mandatory_error(keys: list[str]) -> SipParseError:
+    """What is wrong with the mandatory headers (RFC 3261 8.1.1, 20): one missing, or one of
+    From, To, Call-ID and CSeq repeated."""
+    missing = [key for key in _MANDATORY if key not in keys]
+    if missing:
+        return SipParseError(f"Missing {conventional_name(missing[0])} header")
+    repeated = next(key for key in _SINGLE if keys.count(key) > 1)
+    return SipParseError(f"More than one {conventional_name(repeated)} header")
 
 
 def _check_headers(
     headers: Headers, data: bytes, body_start: int | None, normalised: bool, method: str | None
 ) -> tuple[bytes, bytes | None]:
-    """Mandatory headers, single-valued ones, CSeq, top Via and Content-Length.
+    """Mandatory headers, single-valued ones, Call-ID, CSeq, top Via and Content-Length.
 
     Returns the body (truncated to Content-Length) and the bytes ``to_bytes`` may return as
     they are (None when they must be rebuilt: normalised line ends, no Content-Length).
     """
     keys, raws = headers._keys, headers._raws
-    try:
-        via_at, call_id_at, cseq_at = keys.index("via"), keys.index("call-id"), keys.index("cseq")
-        keys.index("from")
-        keys.index("to")
-    except ValueError:
-        missing = next(key for key in _MANDATORY if key not in keys)
-        raise SipParseError(f"Missing {conventional_name(missing)} header") from None
     count = keys.count
-    if count("from") + count("to") + count("call-id") + count("cseq") != 4:
-        repeated = next(key for key in _SINGLE if count(key) > 1)
-        raise SipParseError(f"More than one {conventional_name(repeated)} header")
-    call_id = _value_of(raws[call_id_at])
+    if (
+        count("cseq") != 1
+        or count("call-id") != 1
+        or count("from") != 1
+        or count("to") != 1
+        or "via" not in keys
+    ):
+        raise _mandatory_error(keys)
+    call_id = _value_of(raws[keys.index("call-id")])
     if not call_id:
         raise SipParseError("Empty Call-ID header")
-    cseq = _fast_cseq(_value_of(raws[cseq_at]))
+    cseq = _cseq_of(raws[keys.index("cseq")])
     if method is not None and cseq.method != method:
         raise SipParseError(f"CSeq method {snippet(cseq.method, 20)} does not match {method}")
-    top_via = _top_via(_value_of(raws[via_at]))
-    cache = headers._cache
-    cache["call_id"] = call_id
-    cache["cseq"] = cseq
-    cache["top_via"] = top_via
+    top_via = parse_top_via(_value_of(raws[keys.index("via")]))
+    headers._call_id, headers._cseq, headers._top_via = call_id, cseq, top_via
 
     if body_start is None:  # pragma: no cover - reported earlier as a missing blank line
         raise SipParseError("No blank line after the header section")
     body = data[body_start:]
-    raw: bytes | None = None if normalised else data
-    if "content-length" not in keys:
+    lengths = count("content-length")
+    if not lengths:
         return body, None
     line = raws[keys.index("content-length")]
-    digits = line[line.find(b":") + 1 :].strip(b" \t")
-    if digits.isdigit() and len(digits) < 10:
-        length = int(digits)
-    else:
+    length = _digits_of(line)
+    if length < 0:
         length = parse_content_length(_value_of(line))
-    if count("content-length") > 1:
-        lengths = {parse_content_length(v) for v in headers.get_all("content-length")}
-        if len(lengths) > 1:
-            raise SipParseError("Conflicting Content-Length headers")
+    if lengths > 1 and len(set(map(parse_content_length, headers.get_all("l")))) > 1:
+        raise SipParseError("Conflicting Content-Length headers")
     if length > len(body):
         raise SipParseError(
             f"Content-Length {length} is more than the {len(body)} body bytes received"
         )
     if length < len(body):  # RFC 3261 18.3: extra bytes after the body are discarded
         body = body[:length]
-        raw = None if raw is None else data[: body_start + length]
-    return body, raw
+        return body, None if normalised else data[: body_start + length]
+    return body, None if normalised else data
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1111,31 +1404,40 @@ def make_response(
     (RFC 3261 12.1.1) and Timestamp into 100 Trying (RFC 3261 8.2.6.1).
     """
     src = request.headers
-    copy = {"via", "from", "to", "call-id", "cseq"}
-    if 100 < status < 300:
-        copy.add("record-route")
-    if status == 100:
-        copy.add("timestamp")
-    headers = Headers._from_lists([], [])
+    copy = _COPIED_INTO_100 if status == 100 else _COPIED_INTO_2XX if status < 300 else _COPIED
+    keys: list[str] = []
+    raws: list[bytes] = []
     tag_done = to_tag is None
     for key, raw in zip(src._keys, src._raws, strict=True):
         if key not in copy:
             continue
-        line = raw
+        keys.append(key)
         if key == "to" and not tag_done:
             tag_done = True
-            if not _has_tag(raw):
-                line = raw.rstrip(b" \t") + _encode(f";tag={to_tag}")
-        headers._keys.append(key)
-        headers._raws.append(line)
+            if not _has_tag(src, raw):
+                raws.append(raw.rstrip(b" \t") + _encode(f";tag={to_tag}"))
+                continue
+        raws.append(raw)
     for name, value in extra_headers:
-        headers.append(name, value)
-    if "content-length" not in headers._keys:
-        headers.append("Content-Length", "0")
-    return Response(status, reason, headers)
+        key, raw = _make_line(name, value)
+        keys.append(key)
+        raws.append(raw)
+    if "content-length" not in keys:
+        keys.append("content-length")
+        raws.append(b"Content-Length: 0")
+    return Response(status, reason, Headers._from_lists(keys, raws))
 
 
-def _has_tag(raw: bytes) -> bool:
+# RFC 3261 8.2.6.2, 12.1.1 (Record-Route into 101-299) and 8.2.6.1 (Timestamp into 100).
+_COPIED: Final = frozenset({"via", "from", "to", "call-id", "cseq"})
+_COPIED_INTO_2XX: Final = _COPIED | {"record-route"}
+_COPIED_INTO_100: Final = _COPIED | {"timestamp"}
+
+
+def _has_tag(headers: Headers, raw: bytes) -> bool:
+    """Whether ``raw``, the first To line of ``headers``, has a tag."""
+    if headers._to is not None:  # parsed already by to_addr or to_tag
+        return headers._to.tag is not None
     try:
         return parse_name_addr(_value_of(raw), "To").tag is not None
     except SipParseError:

@@ -99,9 +99,13 @@ def _render_params(params: Params) -> str:
 
 
 def _find_param(params: Params, name: str) -> tuple[str, str | None] | None:
+    """The first parameter called ``name``, in any case (RFC 3261 7.3.1, 19.1.4)."""
     lname = name.lower()
+    size = len(lname)
     for pair in params:
-        if pair[0].lower() == lname:
+        other = pair[0]
+        # Spelled as asked matches at once; only names of the same length get lower-cased.
+        if other == lname or (len(other) == size and other.lower() == lname):
             return pair
     return None
 
@@ -285,12 +289,62 @@ def _check_param(name: str, value: str | None) -> None:
         raise SipUriError(f"Bad URI parameter {snippet(name, 20)}")
 
 
+# Parsed URIs by their text. URIs are immutable, and a proxy meets the same ones again and
+# again (its own Record-Route entries in every Route, next hops, a dialog's Request-URI).
+_URI_CACHE: dict[str, Uri] = {}
+_URI_CACHE_MAX: Final = 1024
+_CACHED_URI_MAX: Final = 256  # characters; longer URIs are parsed every time
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a SIP, SIPS or tel URI.
 
     Raises :class:`UnsupportedUriScheme` (status 416) for any other well-formed scheme and
     :class:`SipUriError` (status 400) for text that is not a URI.
     """
+    uri = _URI_CACHE.get(text)
+    if uri is None:
+        uri = _usual_sip_uri(text) or _parse_uri_general(text)
+        if len(text) <= _CACHED_URI_MAX:
+            if len(_URI_CACHE) >= _URI_CACHE_MAX:
+                _URI_CACHE.clear()
+            _URI_CACHE[text] = uri
+    return uri
+
+
+_PARAM_CHARS: Final = r"A-Za-z0-9\-_.!~*'()\[\]/:&+$"
+# The usual SIP URI in one match: lower-case scheme, a plain user part, a host name or IPv4
+# address, a port, parameters without escapes, no headers. What it accepts the general parser
+# accepts too, with the same result (test_fuzz compares them); the rest goes there.
+_USUAL_SIP_URI_RE: Final = re.compile(
+    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,]++)@)?"
+    r"([A-Za-z0-9_][A-Za-z0-9\-_]*+(?:\.[A-Za-z0-9_][A-Za-z0-9\-_]*+)*+\.?)(?::([0-9]{1,5}+))?"
+    rf"((?:;[{_PARAM_CHARS}]++(?:=[{_PARAM_CHARS}]*+)?)*+)\Z"
+)
+
+
+def _usual_sip_uri(text: str) -> SipUri | None:
+    """``text`` parsed the quick way when it is a usual SIP URI, else None."""
+    m = _USUAL_SIP_URI_RE.match(text)
+    if m is None:
+        return None
+    scheme, user, host, port_text, param_text = m.groups()
+    port = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            return None
+    params: Params = ()
+    if param_text:
+        pairs = []
+        for item in param_text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            pairs.append((name, value if eq else None))
+        params = tuple(pairs)
+    return SipUri(scheme, host, user, None, port, params, (), text)
+
+
+def _parse_uri_general(text: str) -> Uri:
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):
         raise SipUriError(f"Not a URI: {snippet(text)}")
