@@ -3,6 +3,8 @@
 `uv run python bench/proxy_core_bench.py --calls 20000 [--profile]` plays sipp's built-in uac and
 uas scenarios (INVITE, 100, 180, 200, ACK, BYE, 200) through `Proxy.receive` and prints the core's
 CPU time per call. It isolates the core from the transport and from the load generator.
+`--driver` plays the same calls through the SBC process's driver (`teams_sbc.app.Sbc`) on a
+uvloop loop, sockets left out, to count what the driver adds to the core.
 """
 
 from __future__ import annotations
@@ -114,12 +116,58 @@ def _run(calls: int) -> tuple[float, Proxy]:
     return (time.process_time() - start) / calls, proxy
 
 
+def run_driver(calls: int) -> float:
+    """The same calls through the SBC process's driver (``Sbc._on_message``: the core, then
+    flushing its outbox and arming the loop timer) on a uvloop loop; sends are discarded."""
+    import asyncio
+
+    import uvloop
+
+    from teams_sbc.app import Sbc
+    from teams_sbc.sip.peer import Outgoing
+
+    async def play() -> float:
+        sbc = Sbc(parse_config(CONFIG))
+        sbc._loop = asyncio.get_running_loop()
+        sent: list[Outgoing] = []
+        sbc.transports.send = sent.append  # type: ignore[method-assign,assignment]
+        deliver = sbc._on_message
+        start = time.process_time()
+        for n in range(calls):
+            deliver(invite(n), UAC, "a")
+            fwd = next(o.data for o in sent if o.peer == UAS)
+            sent.clear()
+            deliver(answer(fwd, "100 Trying", False), UAS, "a")
+            deliver(answer(fwd, "180 Ringing", True), UAS, "a")
+            deliver(answer(fwd, "200 OK", True, SDP), UAS, "a")
+            sent.clear()
+            deliver(in_dialog("ACK", n, 1, "5"), UAC, "a")
+            sent.clear()
+            deliver(in_dialog("BYE", n, 2, "6"), UAC, "a")
+            fwd_bye = next(o.data for o in sent if o.peer == UAS)
+            sent.clear()
+            deliver(answer(fwd_bye, "200 OK", False), UAS, "a")
+            sent.clear()
+            if n % 50 == 0:
+                await asyncio.sleep(0)  # let due loop timers run, as they would between reads
+        return (time.process_time() - start) / calls
+
+    return uvloop.run(play())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--memory", action="store_true", help="bytes held per call afterwards")
+    parser.add_argument(
+        "--driver", action="store_true", help="through the process's driver on uvloop (app.Sbc)"
+    )
     args = parser.parse_args()
+    if args.driver:
+        per_call = run_driver(args.calls)
+        print(f"core and driver CPU per call: {per_call * 1e6:.1f} us (message building included)")
+        return
     if args.memory:
         import gc
         import tracemalloc

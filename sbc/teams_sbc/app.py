@@ -125,12 +125,16 @@ class Sbc:
             send = self.transports.send
             for out in outbox:
                 send(out)
+        # The loop timer is only moved EARLIER. Most messages push the core's next deadline
+        # later (a timer stopped by a response), and re-arming for each would cost a loop
+        # timer per message; a timer that fires early instead finds nothing due, and
+        # _on_timer arms the next one. None (no timers left) likewise leaves it to fire once.
         deadline = self.core.next_deadline()
-        if deadline != self._timer_at:
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
-            self._timer = None if deadline is None else self._loop_call_at(deadline)
+            self._timer = self._loop_call_at(deadline)
         if self.core.draining:
             self._check_drained()
 

@@ -77,6 +77,8 @@ COUNTED_METHODS = frozenset(
      "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"}
 )  # fmt: skip
 _PENDING = frozenset({State.CALLING, State.TRYING, State.PROCEEDING})
+_UNKNOWN = object()
+_OURS_CACHE_SIZE = 4096
 
 
 @dataclass(slots=True)
@@ -88,6 +90,15 @@ class _Local:
     host: str  # advertised host (address or FQDN) for Via and Record-Route
     port: int
     bind_host: str
+    # Derived once, when the listener is learnt: every forwarded request needs them.
+    via_prefix: str = field(init=False, default="")  # "SIP/2.0/UDP host:port;branch="
+    rr: str = field(init=False, default="")  # our Record-Route URI
+    rr_r2: str = field(init=False, default="")  # the same with r2=on
+
+    def __post_init__(self) -> None:
+        self.via_prefix = f"SIP/2.0/{self.transport.upper()} {self.hostport()};branch="
+        self.rr = self.rr_uri(r2=False)
+        self.rr_r2 = self.rr_uri(r2=True)
 
     def hostport(self) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
@@ -154,16 +165,23 @@ class Proxy:
         )
         self._locals: dict[str, _Local] = {}
         self._by_hostport: dict[tuple[str, int, str], _Local] = {}
+        #: Per listener: the configured route, its next hop and that resolved (_default_hop).
+        self._hops: dict[str, tuple[Route, Uri, Peer | None] | None] = {}
+        #: What _is_ours answered, by its arguments as given.
+        self._ours: dict[tuple[str, int | None, str | None], _Local | None] = {}
         self.set_bound_addresses({})
         self._warning_agent = config.server_header
         # Labelled children resolved once: ``labels()`` costs more than the increment itself.
         self._m_requests = {m: metrics.requests.labels(method=m) for m in COUNTED_METHODS}
-        self._m_requests["other"] = metrics.requests.labels(method="other")
+        self._m_other = self._m_requests["other"] = metrics.requests.labels(method="other")
         self._m_responses = {
             (cls, direction): metrics.responses.labels(status_class=f"{cls}xx", direction=direction)
             for cls in range(1, 7)
             for direction in ("sent", "received")
         }
+        # The same children indexed by status // 100, for the two counts every response takes.
+        self._m_sent = {cls: self._m_responses[cls, "sent"] for cls in range(1, 7)}
+        self._m_received = {cls: self._m_responses[cls, "received"] for cls in range(1, 7)}
         metrics.observe_transactions(self.transaction_counts, self.transaction_stats)
 
     # -- configuration ------------------------------------------------------------------------
@@ -172,6 +190,8 @@ class Proxy:
         """Learn the real ports (a listener configured with port 0 gets one from the kernel)."""
         self._locals.clear()
         self._by_hostport.clear()
+        self._hops.clear()
+        self._ours.clear()
         for listener in self.config.listeners:
             port = bound.get(listener.name, (listener.host, listener.port))[1]
             local = _Local(
@@ -182,20 +202,31 @@ class Proxy:
                 self._by_hostport[(host.strip("[]"), port, listener.transport)] = local
 
     def _is_ours(self, host: str, port: int | None, transport: str | None = None) -> _Local | None:
-        """The listener that ``host:port`` (and transport, if given) names, if any."""
-        host = host.lower().strip("[]")
-        for kind in (transport,) if transport else ("udp", "tcp", "tls"):
-            local = self._by_hostport.get((host, port or DEFAULT_PORTS[kind], kind))
+        """The listener that ``host:port`` (and transport, if given, any case) names, if any.
+
+        Asked for the top Via of every response and the Request-URI of every request, with
+        the same few hosts over and over: answers are remembered, as given, in a bounded dict.
+        """
+        key = (host, port, transport)
+        found = self._ours.get(key, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found  # type: ignore[return-value]
+        name = host.lower().strip("[]")
+        local = None
+        for kind in (transport.lower(),) if transport else ("udp", "tcp", "tls"):
+            local = self._by_hostport.get((name, port or DEFAULT_PORTS[kind], kind))
             if local is not None:
-                return local
-        return None
+                break
+        if len(host) <= 255:  # whatever peers write, the cache stays small
+            if len(self._ours) >= _OURS_CACHE_SIZE:
+                self._ours.clear()
+            self._ours[key] = local
+        return local
 
     def _uri_is_ours(self, uri: Uri) -> _Local | None:
         if not isinstance(uri, SipUri):
             return None
-        transport = uri.transport.lower() if uri.transport else None
-        if uri.scheme == "sips":
-            transport = "tls"
+        transport = "tls" if uri.scheme == "sips" else uri.transport
         return self._is_ours(uri.host, uri.port, transport)
 
     # -- health ---------------------------------------------------------------------------------
@@ -292,13 +323,15 @@ class Proxy:
 
     def _on_request(self, req: Request, peer: Peer, listener: str, now: float) -> None:
         method = req.method
-        self._m_requests.get(method, self._m_requests["other"]).inc()
+        (self._m_requests.get(method) or self._m_other).inc()
         top = req.top_via
         _ = req.call_id, req.cseq, req.from_addr, req.to_addr  # mandatory: 400 if malformed
-        self._stamp_via(req, top, peer)
+        rport = top.param("rport")
+        self._stamp_via(req, top, peer, rport)
         branch = top.branch
         if not branch or not branch.startswith(MAGIC):
             branch = _rfc2543_key(req, top)
+        ack = method == "ACK"
         actions = self.txns.receive_request(
             req,
             method=method,
@@ -306,26 +339,25 @@ class Proxy:
             sent_by=top.sent_by.lower(),
             reliable=peer.reliable,
             now=now,
-            context=_ServerCtx(_response_peer(top, peer), listener),
+            # An ACK never starts a transaction: no context to build for it.
+            context=None if ack else _ServerCtx(_response_peer(top, peer, rport), listener),
         )
-        if method == "ACK":
-            for action in actions:
-                if type(action) is Stray:
-                    self._forward_stateless_ack(req, listener)
-                else:
-                    self._act([action], now)
+        if ack and actions and type(actions[0]) is Stray:
+            # No INVITE server transaction took it: the ACK for a 2xx, its own transaction.
+            self._forward_stateless_ack(req, listener)
             return
         self._act(actions, now)
 
-    def _stamp_via(self, req: Request, top: Via, peer: Peer) -> None:
+    def _stamp_via(self, req: Request, top: Via, peer: Peer, rport: str | None) -> None:
         """RFC 3261 18.2.1 and RFC 3581 4: received and rport on the top Via.
 
         ``received`` when the sent-by host is not the source address; with a bare ``rport``,
         ``rport`` set to the source port and ``received`` added even when it is the same
         address (RFC 3581 4 says MUST: the client learns its public address from it).
+        ``rport`` is the top Via's rport parameter as received.
         """
         new = top
-        rport_asked = top.param("rport") == ""
+        rport_asked = rport == ""
         if rport_asked or top.bare_host != peer.host:
             new = new.with_param("received", peer.host)
         if rport_asked:
@@ -376,7 +408,7 @@ class Proxy:
                 via.branch
                 and via.branch.startswith(BRANCH_PREFIX)
                 and via.branch.endswith("." + loop_hash)
-                and self._is_ours(via.bare_host, via.port, via.transport.lower())
+                and self._is_ours(via.bare_host, via.port, via.transport)
             ):
                 self._reply(txn, req, 482, "Loop Detected", now)
                 return
@@ -386,45 +418,48 @@ class Proxy:
             self._reply(txn, req, 420, "Bad Extension", now, [("Unsupported", ", ".join(required))])
             return
         # 16.4: Route information preprocessing.
-        out_local = self._pop_own_routes(req)
+        out_local, next_route, ruri_local = self._pop_own_routes(req)
         in_dialog = req.to_tag is not None
         if self.draining and not in_dialog and method == "INVITE":
             self._reply(
                 txn, req, 503, "Service Unavailable (draining)", now, [("Retry-After", "30")]
             )
             return
-        route_values = req.headers.values("route")
         target: Uri
+        dest: Peer | None = None
         route_cfg: Route | None = None
-        if route_values:
-            target = parse_name_addr(route_values[0], "Route").uri
-        elif self._uri_is_ours(req.ruri) is None:
+        if next_route is not None:
+            target = next_route
+        elif ruri_local is None:
             target = req.ruri
         else:
             if method == "OPTIONS" and isinstance(req.ruri, SipUri) and not req.ruri.user:
                 self._answer_options(txn, req, now)
                 return
-            route_cfg = self._route_for(ctx.listener)
-            if route_cfg is None:
+            hop = self._default_hop(ctx.listener)
+            if hop is None:
                 self._reply(txn, req, 404, "Not Found (no route)", now)
                 return
-            target = _parse_target(route_cfg.next_hop)
-        self._forward(txn, req, target, out_local, route_cfg, max_forwards, loop_hash, now)
+            route_cfg, target, dest = hop
+        self._forward(txn, req, target, dest, out_local, route_cfg, max_forwards, loop_hash, now)
 
     def _forward(
         self,
         txn: Transaction[Message],
         req: Request,
         target: Uri,
+        dest: Peer | None,
         out_local: _Local | None,
         route_cfg: Route | None,
         max_forwards: int | None,
         loop_hash: str,
         now: float,
     ) -> None:
-        """16.6: copy, adjust and send the request to one target, statefully."""
+        """16.6: copy, adjust and send the request to one target, statefully. ``dest`` is
+        ``target`` resolved already (the configured next hop's), or None to resolve it here."""
         ctx: _ServerCtx = txn.context
-        dest = self._resolve(target)
+        if dest is None:
+            dest = self._resolve(target)
         if dest is None:
             self._reply(txn, req, 503, "Service Unavailable (next hop not resolvable)", now)
             return
@@ -475,16 +510,13 @@ class Proxy:
         fwd = req.copy()
         headers = fwd.headers
         # 16.6 step 3: decrement Max-Forwards, or add it.
-        headers.set("Max-Forwards", str(DEFAULT_MAX_FORWARDS if max_forwards is None
-                                        else max_forwards - 1))  # fmt: skip
+        headers.set("Max-Forwards", _next_max_forwards(max_forwards))
         # 16.6 step 4: Record-Route on dialog-creating requests outside a dialog.
         if self.config.record_route and req.method in DIALOG_CREATING and req.to_tag is None:
             self._record_route(fwd, in_local, local)
         # 16.6 step 8: our Via, its branch unique to this hop and carrying the loop hash.
         branch = self._branch(req, local, loop_hash)
-        headers.prepend(
-            "Via", f"SIP/2.0/{local.transport.upper()} {local.hostport()};branch={branch}"
-        )
+        headers.prepend("Via", local.via_prefix + branch)
         return fwd, branch
 
     def _record_route(self, fwd: Request, in_local: _Local, out_local: _Local) -> None:
@@ -494,13 +526,17 @@ class Proxy:
         where the request came from.
         """
         if in_local is out_local:
-            fwd.headers.prepend("Record-Route", in_local.rr_uri(r2=False))
+            fwd.headers.prepend("Record-Route", in_local.rr)
         else:
-            fwd.headers.prepend("Record-Route", in_local.rr_uri(r2=True))
-            fwd.headers.prepend("Record-Route", out_local.rr_uri(r2=True))
+            fwd.headers.prepend("Record-Route", in_local.rr_r2)
+            fwd.headers.prepend("Record-Route", out_local.rr_r2)
 
-    def _pop_own_routes(self, req: Request) -> _Local | None:
-        """16.4: remove the Route entries that name us; return the listener of the last one.
+    def _pop_own_routes(self, req: Request) -> tuple[_Local | None, Uri | None, _Local | None]:
+        """16.4: remove the Route entries that name us.
+
+        Returns the listener of the last one removed, the URI of the Route entry now on top
+        (the next hop, 16.6 step 6; None when no Route is left), and the listener the
+        Request-URI names, if it is ours: what routing needs next, found once here.
 
         A request whose Request-URI is one of our Record-Route URIs came from a strict router:
         the real Request-URI is the last Route entry (16.4, strict-route compatibility).
@@ -508,28 +544,48 @@ class Proxy:
         headers = req.headers
         last: _Local | None = None
         ruri_local = self._uri_is_ours(req.ruri)
+        routes = headers.values("route")
+        if not routes:  # the usual request outside a dialog, or a dialog without our RR
+            return None, None, ruri_local
         if ruri_local is not None and isinstance(req.ruri, SipUri) and req.ruri.lr:
+            headers.replace("route", *routes[:-1])
+            req.uri = str(parse_name_addr(routes[-1], "Route").uri)
+            last = ruri_local
+            ruri_local = self._uri_is_ours(req.ruri)
             routes = headers.values("route")
-            if routes:
-                headers.replace("route", *routes[:-1])
-                req.uri = str(parse_name_addr(routes[-1], "Route").uri)
-                last = ruri_local
-        while True:
-            routes = headers.values("route")
-            if not routes:
-                break
-            local = self._uri_is_ours(parse_name_addr(routes[0], "Route").uri)
+        while routes:
+            uri = parse_name_addr(routes[0], "Route").uri
+            local = self._uri_is_ours(uri)
             if local is None:
-                break
+                return last, uri, ruri_local
             headers.remove_first_value("route")
             last = local
-        return last
+            routes = headers.values("route")
+        return last, None, ruri_local
 
     def _route_for(self, listener: str) -> Route | None:
         for route in self.config.routes:
             if not route.from_listeners or listener in route.from_listeners:
                 return route
         return None
+
+    def _default_hop(self, listener: str) -> tuple[Route, Uri, Peer | None] | None:
+        """The configured route for requests to us from ``listener``: the route, its next hop
+        and where that resolves to (None: not resolvable). The configuration is immutable, so
+        this is worked out once per listener; every in-dialog ACK and BYE of a call without a
+        Route set (and every new call) comes this way."""
+        try:
+            return self._hops[listener]
+        except KeyError:
+            pass
+        route_cfg = self._route_for(listener)
+        hop = None
+        if route_cfg is not None:
+            target = _parse_target(route_cfg.next_hop)
+            hop = (route_cfg, target, self._resolve(target))
+        if len(self._hops) < 1024:  # listener names come from the config, but stay bounded
+            self._hops[listener] = hop
+        return hop
 
     def _pick_local(
         self, transport: str, preferred: _Local | None, route_cfg: Route | None
@@ -639,41 +695,37 @@ class Proxy:
         max_forwards = ack.max_forwards
         if max_forwards == 0:
             return
-        out_local = self._pop_own_routes(ack)
-        route_values = ack.headers.values("route")
+        out_local, next_route, ruri_local = self._pop_own_routes(ack)
         route_cfg: Route | None = None
-        if route_values:
-            target: Uri = parse_name_addr(route_values[0], "Route").uri
-        elif self._uri_is_ours(ack.ruri) is None:
-            target = ack.ruri
+        dest: Peer | None
+        if next_route is not None:
+            dest = self._resolve(next_route)
+        elif ruri_local is None:
+            dest = self._resolve(ack.ruri)
         else:
-            route_cfg = self._route_for(listener)
-            if route_cfg is None:
+            hop = self._default_hop(listener)
+            if hop is None:
                 return
-            target = _parse_target(route_cfg.next_hop)
-        dest = self._resolve(target)
+            route_cfg, _, dest = hop
         local = None if dest is None else self._pick_local(dest.transport, out_local, route_cfg)
         if dest is None or local is None:
             log.info("ACK not routable", extra={"call_id": ack.call_id})
             return
         headers = ack.headers
-        headers.set("Max-Forwards", str(DEFAULT_MAX_FORWARDS if max_forwards is None
-                                        else max_forwards - 1))  # fmt: skip
+        headers.set("Max-Forwards", _next_max_forwards(max_forwards))
         branch = self._branch(ack, local, self._loop_hash(ack))
-        headers.prepend(
-            "Via", f"SIP/2.0/{local.transport.upper()} {local.hostport()};branch={branch}"
-        )
+        headers.prepend("Via", local.via_prefix + branch)
         self.outbox.append(Outgoing(ack.to_bytes(), dest, local.name))
 
     # -- responses ----------------------------------------------------------------------------
 
     def _on_response(self, resp: Response, now: float) -> None:
         status = resp.status
-        self._count_response(status, "received")
+        self._m_received[status // 100].inc()
         top = resp.top_via
         if (
             not (top.branch or "").startswith(BRANCH_PREFIX)
-            or self._is_ours(top.bare_host, top.port, top.transport.lower()) is None
+            or self._is_ours(top.bare_host, top.port, top.transport) is None
         ):
             log.info("response not for us dropped", extra={"call_id": resp.call_id})
             return
@@ -794,7 +846,7 @@ class Proxy:
     def _send(self, txn: Transaction[Message], message: Message, retransmission: bool) -> None:
         ctx = txn.context
         if isinstance(message, Response):
-            self._count_response(message.status, "sent")
+            self._m_sent[message.status // 100].inc()
         self.outbox.append(Outgoing(message.to_bytes(), ctx.peer, ctx.listener, txn))
 
     def send_failed(self, out: Outgoing, now: float) -> None:
@@ -840,7 +892,11 @@ class Proxy:
         return facing or self._pick_local(transport, None, None)
 
     def _respond(self, txn: Transaction[Message], response: Response, now: float) -> None:
-        self._act(self.txns.respond(txn, response, status=response.status, now=now), now)
+        actions = self.txns.respond(txn, response, status=response.status, now=now)
+        if len(actions) == 1 and type(action := actions[0]) is Send:  # nearly always
+            self._send(action.txn, action.message, action.retransmission)
+        else:
+            self._act(actions, now)
 
     def _reply(
         self,
@@ -881,6 +937,18 @@ class Proxy:
 # -- helpers --------------------------------------------------------------------------------------
 
 
+#: Max-Forwards values as text, by the value received (0-255 after parsing), so forwarding
+#: formats no number: the value to send for each, 16.6 step 3 (absent: our default).
+_MAX_FORWARDS_TEXT = [str(max(n - 1, 0)) for n in range(256)]
+_DEFAULT_MAX_FORWARDS_TEXT = str(DEFAULT_MAX_FORWARDS)
+
+
+def _next_max_forwards(received: int | None) -> str:
+    if received is None:
+        return _DEFAULT_MAX_FORWARDS_TEXT
+    return _MAX_FORWARDS_TEXT[received] if 0 < received < 256 else str(received - 1)
+
+
 def _cid(msg: Message | None) -> str | None:
     if msg is None:
         return None
@@ -890,11 +958,12 @@ def _cid(msg: Message | None) -> str | None:
         return None
 
 
-def _response_peer(top: Via, peer: Peer) -> Peer:
-    """RFC 3261 18.2.2 and RFC 3581: where the responses of a server transaction go."""
+def _response_peer(top: Via, peer: Peer, rport: str | None) -> Peer:
+    """RFC 3261 18.2.2 and RFC 3581: where the responses of a server transaction go.
+    ``rport`` is the top Via's rport parameter as received."""
     if peer.reliable:
         return peer  # the connection the request came on
-    if top.param("rport") is not None:
+    if rport is not None:
         return peer
     port = top.port or 5060
     return peer if port == peer.port else Peer(peer.transport, peer.host, port)

@@ -24,21 +24,35 @@ MessageHandler = Callable[[bytes, Peer, str], None]
 FailureHandler = Callable[[Outgoing], None]
 
 
+#: Source addresses whose Peer a UDP listener keeps for reuse (see _Datagram.datagram_received).
+_PEER_CACHE_SIZE = 4096
+
+
 class _Datagram(asyncio.DatagramProtocol):
     def __init__(self, listener: Listener, on_message: MessageHandler) -> None:
         self.listener = listener
         self.name = listener.name
         self.on_message = on_message
         self.transport: asyncio.DatagramTransport | None = None
+        self._peers: dict[tuple[str | int, ...], Peer] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio's classes.
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if data.strip(b"\r\n") == b"":
+        if data[:1] in b"\r\n" and not data.strip(b"\r\n"):  # [:1] of b"" is in anything
             return  # RFC 5626 keep-alive over UDP is STUN; a bare CRLF is noise
-        self.on_message(data, Peer("udp", str(addr[0]), int(addr[1])), self.name)
+        # Peers are immutable, and a proxy hears from the same few addresses (its next hops,
+        # the carrier's SBCs) again and again: reuse one Peer per address rather than build
+        # one per datagram. Bounded: a flood of sources only empties the cache.
+        peer = self._peers.get(addr)
+        if peer is None:
+            peer = Peer("udp", str(addr[0]), int(addr[1]))
+            if len(self._peers) >= _PEER_CACHE_SIZE:
+                self._peers.clear()
+            self._peers[addr] = peer
+        self.on_message(data, peer, self.name)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: the transaction layer times out on its own.
