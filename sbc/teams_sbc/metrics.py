@@ -54,19 +54,40 @@ class _TransactionCollector(Collector):
         yield events
 
 
+class _MessageCollector(Collector):
+    """Requests by method and responses by class and direction, counted by the SIP core in
+    plain integers (an increment per message costs a Counter several times more) and turned
+    into Prometheus counters only when scraped."""
+
+    def __init__(self) -> None:
+        self.requests: Reading = dict
+        self.responses: Callable[[], Mapping[tuple[str, str], int]] = dict
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "sbc_sip_requests", "SIP requests received, by method.", labels=["method"]
+        )
+        for method, count in sorted(self.requests().items()):
+            if count:
+                requests.add_metric([method], count)
+        yield requests
+        responses = CounterMetricFamily(
+            "sbc_sip_responses",
+            "SIP responses received or generated, by class (1xx..6xx) and direction.",
+            labels=["status_class", "direction"],
+        )
+        for (status_class, direction), count in sorted(self.responses().items()):
+            if count:
+                responses.add_metric([status_class, direction], count)
+        yield responses
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "sbc_sip_requests", "SIP requests received, by method.", ["method"], registry=r
-        )
-        self.responses = Counter(
-            "sbc_sip_responses",
-            "SIP responses received or generated, by class (1xx..6xx) and direction.",
-            ["status_class", "direction"],
-            registry=r,
-        )
+        self._messages = _MessageCollector()
+        r.register(self._messages)
         self.parse_errors = Counter(
             "sbc_sip_parse_errors",
             "Messages that could not be parsed, by kind (request answered, response dropped).",
@@ -94,6 +115,13 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("sbc_ready", "1 when the SBC takes new calls.", registry=r)
+
+    def observe_messages(
+        self, requests: Reading, responses: Callable[[], Mapping[tuple[str, str], int]]
+    ) -> None:
+        """Where ``sbc_sip_requests`` and ``sbc_sip_responses`` come from: the core's counts."""
+        self._messages.requests = requests
+        self._messages.responses = responses
 
     def observe_transactions(self, counts: Reading, stats: Reading) -> None:
         """Where ``sbc_sip_transactions``, ``sbc_sip_retransmissions`` and

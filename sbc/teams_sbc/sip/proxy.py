@@ -171,17 +171,11 @@ class Proxy:
         self._ours: dict[tuple[str, int | None, str | None], _Local | None] = {}
         self.set_bound_addresses({})
         self._warning_agent = config.server_header
-        # Labelled children resolved once: ``labels()`` costs more than the increment itself.
-        self._m_requests = {m: metrics.requests.labels(method=m) for m in COUNTED_METHODS}
-        self._m_other = self._m_requests["other"] = metrics.requests.labels(method="other")
-        self._m_responses = {
-            (cls, direction): metrics.responses.labels(status_class=f"{cls}xx", direction=direction)
-            for cls in range(1, 7)
-            for direction in ("sent", "received")
-        }
-        # The same children indexed by status // 100, for the two counts every response takes.
-        self._m_sent = {cls: self._m_responses[cls, "sent"] for cls in range(1, 7)}
-        self._m_received = {cls: self._m_responses[cls, "received"] for cls in range(1, 7)}
+        # Message counts in plain integers, read by the metrics collector at scrape time.
+        self._requests = dict.fromkeys([*COUNTED_METHODS, "other"], 0)
+        self._sent = [0] * 7  # by status // 100
+        self._received = [0] * 7
+        metrics.observe_messages(self.request_counts, self.response_counts)
         metrics.observe_transactions(self.transaction_counts, self.transaction_stats)
 
     # -- configuration ------------------------------------------------------------------------
@@ -323,7 +317,8 @@ class Proxy:
 
     def _on_request(self, req: Request, peer: Peer, listener: str, now: float) -> None:
         method = req.method
-        (self._m_requests.get(method) or self._m_other).inc()
+        counts = self._requests
+        counts[method if method in counts else "other"] += 1
         top = req.top_via
         _ = req.call_id, req.cseq, req.from_addr, req.to_addr  # mandatory: 400 if malformed
         rport = top.param("rport")
@@ -721,7 +716,7 @@ class Proxy:
 
     def _on_response(self, resp: Response, now: float) -> None:
         status = resp.status
-        self._m_received[status // 100].inc()
+        self._received[status // 100] += 1
         top = resp.top_via
         if (
             not (top.branch or "").startswith(BRANCH_PREFIX)
@@ -846,7 +841,7 @@ class Proxy:
     def _send(self, txn: Transaction[Message], message: Message, retransmission: bool) -> None:
         ctx = txn.context
         if isinstance(message, Response):
-            self._m_sent[message.status // 100].inc()
+            self._sent[message.status // 100] += 1
         self.outbox.append(Outgoing(message.to_bytes(), ctx.peer, ctx.listener, txn))
 
     def send_failed(self, out: Outgoing, now: float) -> None:
@@ -931,7 +926,17 @@ class Proxy:
         self.outbox.append(Outgoing(response.to_bytes(), peer, listener))
 
     def _count_response(self, status: int, direction: str) -> None:
-        self._m_responses[status // 100, direction].inc()
+        (self._sent if direction == "sent" else self._received)[status // 100] += 1
+
+    def request_counts(self) -> dict[str, int]:
+        return dict(self._requests)
+
+    def response_counts(self) -> dict[tuple[str, str], int]:
+        counts = {}
+        for cls in range(1, 7):
+            counts[f"{cls}xx", "sent"] = self._sent[cls]
+            counts[f"{cls}xx", "received"] = self._received[cls]
+        return counts
 
 
 # -- helpers --------------------------------------------------------------------------------------
