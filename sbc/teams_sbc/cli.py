@@ -27,23 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from teams_sbc.config import ConfigError, load_config
 
-    if args.command == "run":
+    if args.command in ("run", "check-config"):
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"teams-sbc: {exc}", file=sys.stderr)
+            return 2
+        if args.command == "check-config":
+            print(config.model_dump_json(indent=2))
+            return 0
         from teams_sbc.app import run_forever
 
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            print(f"teams-sbc: {exc}", file=sys.stderr)
-            return 2
         return run_forever(config)
-    if args.command == "check-config":
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            print(f"teams-sbc: {exc}", file=sys.stderr)
-            return 2
-        print(config.model_dump_json(indent=2))
-        return 0
     if args.command == "demo":
         from teams_sbc.demo import run_demo
 
