@@ -26,15 +26,22 @@ class Peer:
         return f"{self.transport}:{host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
 class Outgoing:
     """One message the core wants sent: bytes, destination, and the listener to send it from.
 
     ``owner`` is the core's handle on whoever must hear of a failure to send (a transaction);
-    the transport hands the whole ``Outgoing`` back to the core when sending fails.
+    the transport hands the whole ``Outgoing`` back to the core when sending fails. A plain
+    slotted class, not a frozen dataclass: the core makes seven of these per call, and a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__``.
     """
 
-    data: bytes
-    peer: Peer
-    listener: str
-    owner: object = field(default=None, compare=False)
+    __slots__ = ("data", "listener", "owner", "peer")
+
+    def __init__(self, data: bytes, peer: Peer, listener: str, owner: object = None) -> None:
+        self.data = data
+        self.peer = peer
+        self.listener = listener
+        self.owner = owner
+
+    def __repr__(self) -> str:
+        return f"Outgoing({len(self.data)} bytes to {self.peer} from {self.listener})"
