@@ -512,6 +512,19 @@ def test_cancel_waits_for_a_provisional_before_going_downstream(bench: Bench) ->
     assert [o.req.method for o in outs] == ["CANCEL"]
 
 
+def test_cancel_after_the_answer_is_acknowledged_and_goes_no_further(bench: Bench) -> None:
+    """16.10: a CANCEL for a transaction that already sent its final (2xx) response gets 200 and
+    nothing is cancelled downstream; a 2xx retransmission still reaches the caller."""
+    branch = "z9hG4bKlatecancel"
+    _, fwd = forward_invite(bench, branch=branch, call_id="c-3")
+    ok = bench.feed(answer(fwd.req, 200), UAS)
+    assert statuses(ok) == [200] and ok[0].peer == UAC
+    outs = bench.feed(invite(method="CANCEL", branch=branch, call_id="c-3"))
+    assert statuses(outs) == [200] and [o for o in outs if not o.is_response] == []
+    again = bench.feed(answer(fwd.req, 200), UAS)
+    assert statuses(again) == [200] and again[0].peer == UAC
+
+
 def test_cancel_for_nothing_gets_481(bench: Bench) -> None:
     outs = bench.feed(invite(method="CANCEL", branch="z9hG4bKnothing"))
     assert statuses(outs) == [481]

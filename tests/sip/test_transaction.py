@@ -865,3 +865,45 @@ def test_docs_check_notices_a_changed_table(monkeypatch: pytest.MonkeyPatch) -> 
     del changed[(State.TRYING, Event.REQUEST)]
     monkeypatch.setitem(generator.MACHINES, Kind.NON_INVITE_SERVER, changed)
     assert generator.update(current) != current
+
+
+# ------------------------------------------------------------------------------------------
+# Waiting transactions keep only what a retransmission needs
+# ------------------------------------------------------------------------------------------
+
+
+class Wire:
+    """A message object as the TU has them; ``serialise`` turns it into what goes on the wire."""
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+
+
+def test_a_waiting_server_transaction_keeps_the_sent_bytes_only() -> None:
+    table: TransactionTable[object] = TransactionTable(
+        serialise=lambda m: b"wire:" + m.text if isinstance(m, Wire) else b"?"
+    )
+    out = table.receive_request(
+        Wire(b"BYE"), method="BYE", branch=BRANCH, sent_by=SENT_BY, reliable=False, now=0.0
+    )
+    first = out[0]
+    assert isinstance(first, PassUp)
+    txn = first.txn
+    sent = table.respond(txn, Wire(b"200"), status=200, now=1.0)
+    assert [type(a.message) for a in sent if isinstance(a, Send)] == [Wire]  # sent as given
+    assert txn.state is State.COMPLETED
+    assert txn.request is None and txn.last == b"wire:200"
+    again = table.receive_request(
+        Wire(b"BYE"), method="BYE", branch=BRANCH, sent_by=SENT_BY, reliable=False, now=2.0
+    )
+    assert [(a.message, a.retransmission) for a in again if isinstance(a, Send)] == [
+        (b"wire:200", True)
+    ]
+
+
+def test_without_serialise_a_waiting_transaction_keeps_the_message(
+    table: TransactionTable[bytes],
+) -> None:
+    txn = server_txn(table, "BYE")
+    respond(table, txn, 200, now=1.0)
+    assert txn.request is None and txn.last == b"200"

@@ -23,7 +23,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from teams_sbc.config import Route, SbcConfig
 from teams_sbc.metrics import Metrics
@@ -78,6 +78,7 @@ COUNTED_METHODS = frozenset(
 )  # fmt: skip
 _PENDING = frozenset({State.CALLING, State.TRYING, State.PROCEEDING})
 _UNKNOWN = object()
+_T = TypeVar("_T", str, Peer)
 _OURS_CACHE_SIZE = 4096
 
 
@@ -131,7 +132,7 @@ class _ResponseContext:
 
     server: Transaction[Message]
     call_id: str
-    branches: list[Transaction[Message]] = field(default_factory=list)
+    branches: tuple[Transaction[Message], ...] = ()
     best: Response | None = None
     final_sent: bool = False
     cancelled: bool = False
@@ -160,8 +161,11 @@ class Proxy:
         self.outbox: list[Outgoing] = []
         self.draining = False
         timers = config.timers
+        # A waiting transaction repeats its last message as the bytes we sent (to_bytes caches
+        # them), not as the parsed message: thousands wait for timers J, K, L and M at once.
         self.txns: TransactionTable[Message] = TransactionTable(
-            TimerConfig(t1=timers.t1_ms / 1000, t2=timers.t2_ms / 1000, t4=timers.t4_ms / 1000)
+            TimerConfig(t1=timers.t1_ms / 1000, t2=timers.t2_ms / 1000, t4=timers.t4_ms / 1000),
+            serialise=Message.to_bytes,
         )
         self._locals: dict[str, _Local] = {}
         self._by_hostport: dict[tuple[str, int, str], _Local] = {}
@@ -169,6 +173,8 @@ class Proxy:
         self._hops: dict[str, tuple[Route, Uri, Peer | None] | None] = {}
         #: What _is_ours answered, by its arguments as given.
         self._ours: dict[tuple[str, int | None, str | None], _Local | None] = {}
+        #: One object for equal sent-by strings and response peers (see _shared).
+        self._shares: dict[object, Any] = {}
         self.set_bound_addresses({})
         self._warning_agent = config.server_header
         # Message counts in plain integers, read by the metrics collector at scrape time.
@@ -216,6 +222,19 @@ class Proxy:
                 self._ours.clear()
             self._ours[key] = local
         return local
+
+    def _shared(self, value: _T) -> _T:
+        """``value``, or an equal object seen before: every transaction keeps a sent-by and a
+        response peer for its whole life (timers J and L: 64*T1), and a busy peer sends the
+        same ones over and over, each parsed into a new object. Bounded like ``_ours``."""
+        shares = self._shares
+        found: _T | None = shares.get(value)
+        if found is not None:
+            return found
+        if len(shares) >= _OURS_CACHE_SIZE:
+            shares.clear()
+        shares[value] = value
+        return value
 
     def _uri_is_ours(self, uri: Uri) -> _Local | None:
         if not isinstance(uri, SipUri):
@@ -327,15 +346,20 @@ class Proxy:
         if not branch or not branch.startswith(MAGIC):
             branch = _rfc2543_key(req, top)
         ack = method == "ACK"
+        context = None  # an ACK never starts a transaction: no context to build for it
+        if not ack:
+            respond_to = _response_peer(top, peer, rport)
+            if respond_to.server_name is None:  # (not part of a Peer's equality)
+                respond_to = self._shared(respond_to)
+            context = _ServerCtx(respond_to, listener)
         actions = self.txns.receive_request(
             req,
             method=method,
             branch=branch,
-            sent_by=top.sent_by.lower(),
+            sent_by=self._shared(top.sent_by.lower()),
             reliable=peer.reliable,
             now=now,
-            # An ACK never starts a transaction: no context to build for it.
-            context=None if ack else _ServerCtx(_response_peer(top, peer, rport), listener),
+            context=context,
         )
         if ack and actions and type(actions[0]) is Stray:
             # No INVITE server transaction took it: the ACK for a 2xx, its own transaction.
@@ -485,7 +509,7 @@ class Proxy:
             context=_ClientCtx(dest, local.name, rctx),
             build_ack=_ack_builder(fwd) if req.method == "INVITE" else None,
         )
-        rctx.branches.append(client)
+        rctx.branches += (client,)
         if req.method == "INVITE":
             self._start_timer_c(client, now)
         self._act(actions, now)
@@ -748,7 +772,8 @@ class Proxy:
             return
         self._timer_c.pop(client, None)
         if status < 300:
-            rctx.final_sent = True
+            if not rctx.final_sent:
+                _final_sent(rctx, client)
             self._respond(server, resp, now)
             return
         if rctx.final_sent:
@@ -774,8 +799,9 @@ class Proxy:
         if best.status == 503:
             # 16.7 step 6: a 503 is not forwarded upstream; we say the failure is ours.
             best = self._local_response(rctx.server, 500, "Server Internal Error (next hop 503)")
-        rctx.final_sent = True
-        self._respond(rctx.server, best, now)
+        server = rctx.server
+        _final_sent(rctx, finished)
+        self._respond(server, best, now)
 
     def _branch_failed(
         self, client: Transaction[Message], status: int, reason: str, now: float
@@ -838,11 +864,20 @@ class Proxy:
                 if txn.context is not None:
                     txn.context.rctx = None
 
-    def _send(self, txn: Transaction[Message], message: Message, retransmission: bool) -> None:
+    def _send(
+        self, txn: Transaction[Message], message: Message | bytes, retransmission: bool
+    ) -> None:
         ctx = txn.context
-        if isinstance(message, Response):
-            self._sent[message.status // 100] += 1
-        self.outbox.append(Outgoing(message.to_bytes(), ctx.peer, ctx.listener, txn))
+        if type(message) is bytes:  # a waiting transaction's repeat, serialised already
+            data = message
+            if data.startswith(b"SIP/2.0 "):  # a response: count it by its status class
+                self._sent[data[8] - 48] += 1
+        else:
+            assert isinstance(message, Message)
+            data = message.to_bytes()
+            if isinstance(message, Response):
+                self._sent[message.status // 100] += 1
+        self.outbox.append(Outgoing(data, ctx.peer, ctx.listener, txn))
 
     def send_failed(self, out: Outgoing, now: float) -> None:
         """The transport could not deliver ``out`` (no connection, TLS handshake failed, no
@@ -1023,6 +1058,22 @@ def _parse_target(text: str) -> Uri:
     from teams_sbc.sip.uri import parse_uri
 
     return parse_uri(text)
+
+
+def _final_sent(rctx: _ResponseContext, client: Transaction[Message]) -> None:
+    """16.7: the final response is decided; mark it so and let go of what only deciding it
+    needed. Every path that reads a response context returns at ``final_sent`` except the
+    forwarding of further 2xx (16.7 step 5), which needs ``server`` alone. So the server
+    transaction drops its context (a CANCEL finds none, and is answered as after a final
+    response, 16.10), and so does ``client`` once it has finished without a 2xx: both then wait
+    for timers J, K, L or D holding no response context, best response or Call-ID."""
+    rctx.final_sent = True
+    rctx.best = None
+    rctx.branches = ()
+    rctx.call_id = ""
+    rctx.server.context.rctx = None
+    if client.state is State.COMPLETED:
+        client.context.rctx = None
 
 
 def _better(a: Response, b: Response) -> bool:

@@ -439,7 +439,6 @@ class Transaction(Generic[M]):
 
     __slots__ = (
         "_build_ack",
-        "_durations",
         "_heap_at",
         "_heap_seq",
         "_life",
@@ -466,7 +465,6 @@ class Transaction(Generic[M]):
         request: M,
         reliable: bool,
         context: Any,
-        durations: tuple[float | None, ...],
         machine: _Machine,
         build_ack: Callable[[M], M] | None,
     ) -> None:
@@ -476,8 +474,9 @@ class Transaction(Generic[M]):
         #: The request that created the transaction (the one a client retransmits); None once
         #: the transaction only waits (Accepted, Completed, Confirmed) and will not need it.
         self.request: M | None = request
-        #: Server: the last response sent. INVITE client: the ACK it sent for a non-2xx.
-        self.last: M | None = None
+        #: Server: the last response sent. INVITE client: the ACK it sent for a non-2xx. Once
+        #: the transaction only waits, the bytes the table's ``serialise`` made of it, if given.
+        self.last: M | bytes | None = None
         self.reliable = reliable
         self.context = context
         #: The TU asked to cancel this INVITE; ``cancel_sent`` once it was told to send CANCEL.
@@ -485,7 +484,6 @@ class Transaction(Generic[M]):
         self.cancel_sent = False
         self._build_ack = build_ack
         self._machine = machine
-        self._durations = durations
         # Two timer slots: retransmission (A/E/G) and lifetime (B/D/F/H/I/J/K/L/M).
         self._retx: Timer | None = None
         self._retx_at = INF
@@ -519,7 +517,7 @@ class Send(Generic[M]):
     """
 
     txn: Transaction[M]
-    message: M
+    message: M | bytes  # bytes: a waiting transaction's repeat, as the TU's serialise made it
     retransmission: bool
 
 
@@ -651,7 +649,7 @@ def _cancel_if_noted(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any
     if txn.cancel_noted and not txn.cancel_sent:
         txn.cancel_sent = True
         out.append(SendCancel(txn))
-        _start_life(txn, Timer.B, now)
+        _start_life(tbl, txn, Timer.B, now)
 
 
 def _timed_out(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
@@ -682,8 +680,11 @@ _OP_HANDLERS: dict[Op, _Handler] = {
 }
 
 
-def _start_life(txn: Transaction[Any], timer: Timer, now: float) -> None:
-    delay = txn._durations[timer]
+def _start_life(
+    tbl: TransactionTable[Any], txn: Transaction[Any], timer: Timer, now: float
+) -> None:
+    # The durations live in the table, by transport reliability: one slot less per transaction.
+    delay = tbl._durations[txn.reliable][timer]
     assert delay is not None  # lifetime timers run over every transport
     txn._life = timer
     txn._life_at = now + delay
@@ -697,7 +698,7 @@ def _timer_handler(op: TimerOp, t2: float) -> _Handler:
 
     def start_retx(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
                    out: _Out) -> None:
-        delay = txn._durations[timer]
+        delay = tbl._durations[txn.reliable][timer]
         if delay is not None:  # None: reliable transport, no retransmissions
             txn._retx = timer
             txn._retx_interval = delay
@@ -705,7 +706,7 @@ def _timer_handler(op: TimerOp, t2: float) -> _Handler:
 
     def start_life(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
                    out: _Out) -> None:
-        _start_life(txn, timer, now)
+        _start_life(tbl, txn, timer, now)
 
     def stop_timer(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
                    out: _Out) -> None:
@@ -752,14 +753,20 @@ _Machine: TypeAlias = tuple[tuple[_Row | None, ...], ...]  # [state][event]
 _WAITING_STATES = frozenset({State.ACCEPTED, State.COMPLETED, State.CONFIRMED})
 
 
-def _release(txn: Transaction[Any], state: State) -> None:
+def _release(txn: Transaction[Any], state: State, serialise: Callable[[Any], bytes] | None) -> None:
     """Drop what a waiting transaction no longer needs, so thousands of them (timers J, L and M
     last 64*T1) hold little memory: the request and the ACK builder always; in Accepted also
-    the last response, since RFC 6026 absorbs INVITE retransmissions there without answering."""
+    the last response, since RFC 6026 absorbs INVITE retransmissions there without answering.
+    Elsewhere the last message is only ever sent again: with the TU's ``serialise`` it is kept
+    as its bytes alone (bytes already are)."""
     txn.request = None
     txn._build_ack = None
     if state is State.ACCEPTED:
         txn.last = None
+    elif serialise is not None:
+        last = txn.last
+        if last is not None and type(last) is not bytes:
+            txn.last = serialise(last)
 
 
 def _compile(table: Table, t2: float) -> _Machine:
@@ -805,8 +812,14 @@ class TransactionTable(Generic[M]):
     ``z9hG4bK``); for RFC 2543 peers, a key the caller derives per 17.2.3's fallback rules.
     """
 
-    def __init__(self, timers: TimerConfig | None = None) -> None:
+    def __init__(
+        self, timers: TimerConfig | None = None, *, serialise: Callable[[M], bytes] | None = None
+    ) -> None:
+        """``serialise(message) -> bytes``, if given, is how the TU sends a message: a
+        transaction that only waits keeps its last message (the one it may repeat) as those
+        bytes, and :class:`Send` carries them, instead of the message object."""
         self.timers = timers or TimerConfig()
+        self._serialise = serialise
         self.stats = Stats()
         self._durations = (self.timers.durations(False), self.timers.durations(True))
         self._machines: dict[Kind, _Machine] = (
@@ -990,8 +1003,7 @@ class TransactionTable(Generic[M]):
         context: Any,
         build_ack: Callable[[M], M] | None,
     ) -> Transaction[M]:
-        txn = Transaction(kind, key, request, reliable, context, self._durations[reliable],
-                          self._machines[kind], build_ack)  # fmt: skip
+        txn = Transaction(kind, key, request, reliable, context, self._machines[kind], build_ack)
         self._live[kind] += 1
         self.stats.created += 1
         return txn
@@ -1014,7 +1026,7 @@ class TransactionTable(Generic[M]):
             self._terminate(txn, out)
             return
         if row.release:
-            _release(txn, row.next)
+            _release(txn, row.next, self._serialise)
         life_at = txn._life_at
         retx_at = txn._retx_at
         at = life_at if life_at < retx_at else retx_at
@@ -1035,7 +1047,7 @@ class TransactionTable(Generic[M]):
         if row.terminal:
             self._terminate(txn, out)
         elif row.release:
-            _release(txn, row.next)
+            _release(txn, row.next, self._serialise)
 
     def _settle(self, txn: Transaction[M], now: float, out: list[Action[M]]) -> None:
         """Fire the transaction's due timers (lifetime first on a tie: once B, F or H is due,
