@@ -687,18 +687,7 @@ class Proxy:
         invite = client.request
         assert isinstance(invite, Request)
         ctx: _ClientCtx = client.context
-        headers = [("Via", invite.headers.values("via")[0])]
-        for key in ("route",):
-            headers.extend((key, v) for v in invite.headers.get_all(key))
-        headers += [
-            ("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
-            ("From", invite.headers.get("from") or ""),
-            ("To", invite.headers.get("to") or ""),
-            ("Call-ID", invite.call_id),
-            ("CSeq", f"{invite.cseq.number} CANCEL"),
-            ("Content-Length", "0"),
-        ]
-        cancel = Request("CANCEL", invite.uri, headers)
+        cancel = _for_invite_transaction(invite, "CANCEL", invite.headers.get("to") or "")
         _, actions = self.txns.send_request(
             cancel,
             method="CANCEL",
@@ -1027,20 +1016,27 @@ def _ack_builder(invite: Request) -> Callable[[Message], Message]:
     response's To (with its tag)."""
 
     def build(response: Message) -> Message:
-        src = invite.headers
-        headers = [("Via", src.values("via")[0])]
-        headers += [("Route", v) for v in src.get_all("route")]
-        headers += [
-            ("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
-            ("From", src.get("from") or ""),
-            ("To", response.headers.get("to") or ""),
-            ("Call-ID", invite.call_id),
-            ("CSeq", f"{invite.cseq.number} ACK"),
-            ("Content-Length", "0"),
-        ]
-        return Request("ACK", invite.uri, headers)
+        return _for_invite_transaction(invite, "ACK", response.headers.get("to") or "")
 
     return build
+
+
+def _for_invite_transaction(invite: Request, method: str, to: str) -> Request:
+    """A CANCEL (RFC 3261 9.1) or non-2xx ACK (17.1.1.3) for a forwarded INVITE: its
+    Request-URI, top Via (so its branch), Route set, From, Call-ID and CSeq number; ``to`` is
+    the INVITE's To for a CANCEL, the response's (with its tag) for an ACK."""
+    src = invite.headers
+    headers = [("Via", src.values("via")[0])]
+    headers += [("Route", v) for v in src.get_all("route")]
+    headers += [
+        ("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
+        ("From", src.get("from") or ""),
+        ("To", to),
+        ("Call-ID", invite.call_id),
+        ("CSeq", f"{invite.cseq.number} {method}"),
+        ("Content-Length", "0"),
+    ]
+    return Request(method, invite.uri, headers)
 
 
 @functools.lru_cache(maxsize=4096)
