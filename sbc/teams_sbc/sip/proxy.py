@@ -236,6 +236,20 @@ class Proxy:
         shares[value] = value
         return value
 
+    def _finished(self, ctx: _ServerCtx | _ClientCtx) -> _ServerCtx | _ClientCtx:
+        """The context of a transaction whose final response is decided: where its messages
+        go, without a response context. One object per destination, shared (its ``rctx`` stays
+        None: only a new request's own context gets one), since thousands such transactions
+        wait for timers J, K and L at once. Bounded like ``_ours``."""
+        peer = ctx.peer
+        key = (type(ctx), peer, peer.server_name, ctx.listener)  # (not part of a Peer's equality)
+        found: _ServerCtx | _ClientCtx | None = self._shares.get(key)
+        if found is None:
+            if len(self._shares) >= _OURS_CACHE_SIZE:
+                self._shares.clear()
+            found = self._shares[key] = type(ctx)(peer, ctx.listener, None)
+        return found
+
     def _uri_is_ours(self, uri: Uri) -> _Local | None:
         if not isinstance(uri, SipUri):
             return None
@@ -691,7 +705,7 @@ class Proxy:
         _, actions = self.txns.send_request(
             cancel,
             method="CANCEL",
-            branch=client.key[0],
+            branch=client.branch,
             reliable=client.reliable,
             now=now,
             context=_ClientCtx(ctx.peer, ctx.listener, None),
@@ -762,7 +776,7 @@ class Proxy:
         self._timer_c.pop(client, None)
         if status < 300:
             if not rctx.final_sent:
-                _final_sent(rctx, client)
+                _final_sent(rctx, client, self._finished)
             self._respond(server, resp, now)
             return
         if rctx.final_sent:
@@ -789,7 +803,7 @@ class Proxy:
             # 16.7 step 6: a 503 is not forwarded upstream; we say the failure is ours.
             best = self._local_response(rctx.server, 500, "Server Internal Error (next hop 503)")
         server = rctx.server
-        _final_sent(rctx, finished)
+        _final_sent(rctx, finished, self._finished)
         self._respond(server, best, now)
 
     def _branch_failed(
@@ -1056,20 +1070,26 @@ def _parse_target(text: str) -> Uri:
     return parse_uri(text)
 
 
-def _final_sent(rctx: _ResponseContext, client: Transaction[Message]) -> None:
+def _final_sent(
+    rctx: _ResponseContext,
+    client: Transaction[Message],
+    finished: Callable[[_ServerCtx | _ClientCtx], Any],
+) -> None:
     """16.7: the final response is decided; mark it so and let go of what only deciding it
     needed. Every path that reads a response context returns at ``final_sent`` except the
     forwarding of further 2xx (16.7 step 5), which needs ``server`` alone. So the server
-    transaction drops its context (a CANCEL finds none, and is answered as after a final
-    response, 16.10), and so does ``client`` once it has finished without a 2xx: both then wait
-    for timers J, K, L or D holding no response context, best response or Call-ID."""
+    transaction drops its context for a ``finished`` one (a CANCEL finds no response context,
+    and is answered as after a final response, 16.10), and so does ``client`` once it has
+    finished without a 2xx: both then wait for timers J, K, L or D holding no response context,
+    best response or Call-ID, and no context of their own."""
     rctx.final_sent = True
     rctx.best = None
     rctx.branches = ()
     rctx.call_id = ""
-    rctx.server.context.rctx = None
+    server = rctx.server
+    server.context = finished(server.context)
     if client.state is State.COMPLETED:
-        client.context.rctx = None
+        client.context = finished(client.context)
 
 
 def _better(a: Response, b: Response) -> bool:
