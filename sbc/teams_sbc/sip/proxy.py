@@ -123,7 +123,10 @@ class _ServerCtx:
 class _ClientCtx:
     peer: Peer
     listener: str
-    rctx: _ResponseContext | None  # None for a CANCEL we originate
+    rctx: _ResponseContext | None  # None for a CANCEL we originate, and once final_sent
+    #: The server transaction it forwards for: an INVITE client that got a 2xx keeps sending
+    #: further 2xx there (16.7 step 5, RFC 6026 7.2) after dropping the response context.
+    server: Transaction[Message] | None = None
 
 
 @dataclass(slots=True)
@@ -520,7 +523,7 @@ class Proxy:
             branch=branch,
             reliable=dest.reliable,
             now=now,
-            context=_ClientCtx(dest, local.name, rctx),
+            context=_ClientCtx(dest, local.name, rctx, txn),
             build_ack=_ack_builder(fwd) if req.method == "INVITE" else None,
         )
         rctx.branches += (client,)
@@ -763,8 +766,13 @@ class Proxy:
         ctx: _ClientCtx = client.context
         rctx = ctx.rctx
         status = resp.status
-        if rctx is None or status == 100:
-            return  # our own CANCEL's answer, or a hop-by-hop 100 Trying
+        if rctx is None:  # our own CANCEL's answer, or the final response is decided already
+            if ctx.server is not None and 200 <= status < 300:  # a 2xx still goes upstream
+                resp.headers.remove_first_value("via")
+                self._respond(ctx.server, resp, now)
+            return
+        if status == 100:
+            return  # a hop-by-hop 100 Trying
         resp.headers.remove_first_value("via")
         server = rctx.server
         if status < 200:
@@ -1077,11 +1085,12 @@ def _final_sent(
 ) -> None:
     """16.7: the final response is decided; mark it so and let go of what only deciding it
     needed. Every path that reads a response context returns at ``final_sent`` except the
-    forwarding of further 2xx (16.7 step 5), which needs ``server`` alone. So the server
-    transaction drops its context for a ``finished`` one (a CANCEL finds no response context,
-    and is answered as after a final response, 16.10), and so does ``client`` once it has
-    finished without a 2xx: both then wait for timers J, K, L or D holding no response context,
-    best response or Call-ID, and no context of their own."""
+    forwarding of further 2xx (16.7 step 5), which needs the server transaction alone, and
+    finds it through the client's context. So the server transaction drops its context for a
+    ``finished`` one (a CANCEL finds no response context, and is answered as after a final
+    response, 16.10), and so does ``client`` once it has finished without a 2xx; with a 2xx it
+    keeps its own, without the response context. They then wait for timers J, K, L, M or D
+    holding no response context, best response or Call-ID."""
     rctx.final_sent = True
     rctx.best = None
     rctx.branches = ()
@@ -1090,6 +1099,8 @@ def _final_sent(
     server.context = finished(server.context)
     if client.state is State.COMPLETED:
         client.context = finished(client.context)
+    else:  # Accepted: further 2xx go to ``client.context.server`` (16.7 step 5)
+        client.context.rctx = None
 
 
 def _better(a: Response, b: Response) -> bool:
