@@ -353,7 +353,7 @@ class TestSbc:
             await conn.send(self.reply(request, int(self.answer), tag="uas1"))
             return
         (audio,) = media_descriptions(request.body.decode())
-        keys = [SdesKey.parse(v) for v in audio.attribute_values("crypto")]
+        keys = [SdesKey.parse("crypto:" + v) for v in audio.attribute_values("crypto")]
         chosen = keys[0]
         media = await SrtpPeer.open()
         media.use(chosen, (audio.address or "127.0.0.1", audio.port), chosen.tag)

@@ -306,9 +306,10 @@ class EmulatorCore:
     def _contact(self, call_id: str) -> str:
         """Teams' Contact: a host of its own and routing data (x-i, x-c) that the SBC must pass
         through untouched (SEED, "Don't mess with the received Contact header")."""
+        tail = "".join(ch for ch in call_id if ch.isalnum())[:32] or self.token(8)
         return (
             f"sip:api-du-a-emul.pstnhub.microsoft.com:443;x-i={uuid.uuid4()};"
-            f"x-c={call_id[:32]}/d/8/{self.token(8)}"
+            f"x-c={tail}/d/8/{self.token(8)}"
         )
 
     def resolve(self, proxy: str, host: str, port: int | None) -> Target:

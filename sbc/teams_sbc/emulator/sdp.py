@@ -105,7 +105,7 @@ def read_sbc_sdp(body: bytes, content_type: str | None) -> RemoteMedia:
     suites: list[str] = []
     for value in media.attribute_values("crypto"):
         try:
-            keys.append(SdesKey.parse(value))
+            keys.append(SdesKey.parse("crypto:" + value))
         except SrtpError:
             suites.append(value.split()[1] if len(value.split()) > 1 else value)
     if not keys:

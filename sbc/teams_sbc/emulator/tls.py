@@ -51,6 +51,14 @@ def client_context(config: EmulatorConfig) -> ssl.SSLContext:
     return ctx
 
 
+def _describe(exc: BaseException) -> str:
+    """OpenSSL's reason and, for a refused certificate, why (``unsuitable certificate
+    purpose``, ``unable to get local issuer certificate``...)."""
+    reason = getattr(exc, "reason", None) or type(exc).__name__
+    detail = getattr(exc, "verify_message", None)
+    return f"{reason} ({detail})" if detail else f"{reason} ({exc})"
+
+
 class TlsStream(asyncio.Protocol):
     """One TLS connection carrying SIP, framed by Content-Length.
 
@@ -142,7 +150,7 @@ class TlsStream(asyncio.Protocol):
             self._flush()
             return
         except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
-            self._fail(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}")
+            self._fail(f"TLS handshake failed: {_describe(exc)}")
             return
         self._flush()
         if self._timer is not None:
