@@ -274,7 +274,8 @@ class TestSbc:
 
     def __init__(self, ca_file: Path, cert: CertFiles, *, verify_client: bool = True,
                  record_route: list[str] | None = None, fqdn: str = SBC_FQDN,
-                 answer: str = "200", answer_sdp: str | None = None) -> None:
+                 answer: str = "200", answer_sdp: str | None = None,
+                 auto_media: int = 0) -> None:
         self.ca_file = ca_file
         self.cert = cert
         self.verify_client = verify_client
@@ -282,6 +283,7 @@ class TestSbc:
         self.fqdn = fqdn
         self.answer = answer
         self.answer_sdp = answer_sdp
+        self.auto_media = auto_media
         self.port = 0
         self.messages: list[Request | Response] = []
         self.conns: list[SipConnection] = []
@@ -364,6 +366,10 @@ class TestSbc:
                                    own_record_route=self.record_route, extra=[
             f"Contact: <sip:+14255550123@{self.fqdn}:{self.port};transport=tls>",
             "Session-Expires: 1800;refresher=uac", "Require: timer"]))
+        if self.auto_media:
+            task = asyncio.get_running_loop().create_task(media.send_pattern(self.auto_media))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def reply(self, request: Request, status: int, *, tag: str | None = None, body: str = "",
               extra: list[str] | None = None, own_record_route: list[str] | None = None) -> str:

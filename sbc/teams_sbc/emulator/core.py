@@ -1403,7 +1403,7 @@ class EmulatorCore:
                       f"{note or 'ACK'} {call.remote_target} (To-tag {call.remote_tag})")
 
     def _in_dialog(self, call: _Call, method: str, now: float, *, body: str = "",
-                   extra: Iterable[str] = (),
+                   extra: Iterable[str] = (), note: str = "",
                    on_final: Callable[[Response, float], None] | None = None) -> bool:
         if call.next_hop is None:
             self._note(call, now, "!!", f"cannot route {method}: no route to the SBC")
@@ -1423,7 +1423,8 @@ class EmulatorCore:
 
         self._start_client(branch, method, cseq, call.record.call_id, answered, timed_out, now,
                            data, call.next_hop)
-        self._send_to(call.next_hop, data, call, now, f"{method} {call.remote_target}")
+        self._send_to(call.next_hop, data, call, now,
+                      f"{method} {call.remote_target}{f' ({note})' if note else ''}")
         return True
 
     def _bye(self, call: _Call, now: float, *, cause: int = 16, text: str = "") -> None:
@@ -1436,7 +1437,7 @@ class EmulatorCore:
         reason = f'REASON: Q.850;cause={cause};text="{uuid.uuid4()};{safe}"'
         self._stop_retransmitting(call)
         self._stop_media(call)
-        sent = self._in_dialog(call, "BYE", now, extra=[reason],
+        sent = self._in_dialog(call, "BYE", now, extra=[reason], note=f"Q.850 cause {cause}",
                                on_final=lambda r, t: self._finish(call, t))
         if not sent:
             self._finish(call, now)
@@ -1543,7 +1544,9 @@ class EmulatorCore:
             else:
                 self._note(call, at, "!!", f"re-INVITE refused with {response.status}")
 
-        self._in_dialog(call, "INVITE", now, body=body, extra=extra, on_final=final)
+        what = "session refresh" if refresh else (
+            "resume" if direction == "sendrecv" else f"hold, a={direction}")
+        self._in_dialog(call, "INVITE", now, body=body, extra=extra, note=what, on_final=final)
 
     # ---- media plans ------------------------------------------------------------------------
 
