@@ -152,3 +152,13 @@ def test_emulator_config_refuses_unknown_keys(tmp_path: Path) -> None:
     with pytest.raises(EmulatorConfigError, match=r"E\.164"):
         parse_emulator_config({"cert_file": "a", "key_file": "b", "ca_file": "c",
                                "users": [{"number": "0123"}]})
+
+
+def test_emulator_config_doc_is_current() -> None:
+    from teams_sbc.emulator.config_doc import render
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "emulator-config.md"
+    assert path.read_text() == render(), (
+        "docs/emulator-config.md is stale: run "
+        "`uv run python -m teams_sbc.emulator.config_doc > docs/emulator-config.md`"
+    )

@@ -159,3 +159,28 @@ def test_wildcard_certificate_covers_tenant_subdomains_only(
             }
 
     run(main())
+
+
+def test_emulator_checks_the_sbcs_server_certificate(
+    teams_emulator_factory: EmulatorFactory,
+) -> None:
+    """Connecting to the SBC, the emulator sends the SBC's FQDN as SNI and checks the SBC's
+    certificate against it and the trust bundle; a mismatch is an error, not a connection."""
+    pki = teams_emulator_factory.pki
+    wrong = pki.sbc_cert("elsewhere.example.test")
+
+    async def main() -> None:
+        async with emulator_and_sbc(teams_emulator_factory, sbc_cert=wrong) as (emu, sbc):
+            result = emu.send_options("sip", SBC_FQDN)
+            await eventually(lambda: emu.options_results()[0].error is not None, 5, "an error")
+            error = emu.options_results()[0].error or ""
+            assert "Hostname mismatch" in error or "doesn't match" in error, error
+            assert result.status is None and sbc.requests("OPTIONS") == []
+        async with emulator_and_sbc(teams_emulator_factory, sbc_address="127.0.0.1:9") as (
+            emu, _,
+        ):
+            emu.send_options("sip3", SBC_FQDN)
+            await eventually(lambda: emu.options_results()[0].error is not None, 5, "an error")
+            assert "refused" in (emu.options_results()[0].error or "").lower()
+
+    run(main())

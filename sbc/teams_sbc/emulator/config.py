@@ -135,7 +135,8 @@ class MediaSettings(_Model):
     packets: int | None = Field(
         default=50,
         ge=0,
-        description="Packets sent per call and direction window; null sends for the whole call.",
+        description="SRTP packets the emulator sends per call (from the first SDP answer on); "
+        "null sends for as long as the call lasts.",
     )
 
 
@@ -208,8 +209,12 @@ class EmulatorConfig(_Model):
         description="Seconds between the emulator's own OPTIONS to an SBC FQDN (per proxy); "
         "the first goes out after the SBC's first good OPTIONS.",
     )
-    timing: Timing = Field(default_factory=Timing)
-    media: MediaSettings = Field(default_factory=MediaSettings)
+    timing: Timing = Field(
+        default_factory=Timing, description="SIP timers and the pace of answered calls."
+    )
+    media: MediaSettings = Field(
+        default_factory=MediaSettings, description="The SRTP the emulator sends on calls."
+    )
     user_agent: str = Field(
         default="Microsoft.PSTNHub.SIPProxy v.2024.11.26.1 i.EMUL.1 (teams-sbc emulator)",
         description="User-Agent and Server of everything the emulator sends.",

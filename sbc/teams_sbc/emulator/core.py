@@ -161,6 +161,7 @@ class _Pending:
     final: bool = False
     request: bytes = b""
     target: Target | None = None
+    on_error: Callable[[str, float], None] | None = None
 
 
 @dataclass
@@ -597,7 +598,12 @@ class EmulatorCore:
         def timed_out(at: float) -> None:
             result.error = result.error or f"no answer in {64 * self.config.timing.t1:.1f}s"
 
-        self._start_client(branch, "OPTIONS", 1, call_id, answered, timed_out, now, data, target)
+        def failed(reason: str, at: float) -> None:
+            result.error = reason
+
+        pending = self._start_client(branch, "OPTIONS", 1, call_id, answered, timed_out, now,
+                                     data, target)
+        pending.on_error = failed
         self._send_to(target, data, None, now, f"OPTIONS sip:{fqdn}:{target.port}")
         return result
 
@@ -651,10 +657,8 @@ class EmulatorCore:
                 self._pending.pop((pending.branch, pending.method), None)
                 if pending.timer is not None:
                     pending.timer.cancel()
-                if pending.method == "OPTIONS":
-                    for result in self.options:
-                        if result.status is None and result.error is None:
-                            result.error = reason
+                if pending.on_error is not None:
+                    pending.on_error(reason, now)
                 call = self.calls.get(pending.call_id)
                 if call is not None:
                     self._note(call, now, "!!", f"cannot send {pending.method}: {reason}")
