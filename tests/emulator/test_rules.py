@@ -182,3 +182,33 @@ def test_unknown_user_gets_404(teams_emulator_factory: EmulatorFactory) -> None:
                 response.headers.get("reason") or "")
 
     run(main())
+
+
+def test_malformed_input_gets_clear_errors_and_the_emulator_goes_on(
+    teams_emulator_factory: EmulatorFactory,
+) -> None:
+    pki = teams_emulator_factory.pki
+    cert = pki.sbc_cert(SBC_FQDN)
+    bad_from = invite(sdp=GOOD_SDP).text.replace("From: <sip:", "From: <<sip:", 1)
+    bad_sdp = invite(sdp="v=0\r\nm=audio\r\n").text
+    bad_key = invite(sdp=GOOD_SDP.replace("inline:", "inline:%%%", 1)).text
+
+    async def main() -> None:
+        async with emulator_and_sbc(teams_emulator_factory, sbc_cert=cert) as (emu, _):
+            ctx = client_context(pki.ca_file, cert)
+            conn = await SipConnection.connect(emu.address("sip"), ctx)
+            answers = []
+            for text in (bad_from, bad_sdp, bad_key):
+                await conn.send(text)
+                answers.append(await conn.response())
+            assert [r.status for r in answers] == [400, 488, 488]
+            assert "malformed SDP" in (answers[1].headers.get("reason") or "")
+            assert "no usable a=crypto line" in (answers[2].headers.get("reason") or "")
+            await conn.send(b"HELLO\r\n\r\n")  # no Content-Length on a stream: framing lost
+            assert await conn.closed_by_peer(), "the emulator closes a stream it cannot frame"
+            conn2 = await SipConnection.connect(emu.address("sip"), ctx)
+            await conn2.send(options())
+            assert (await conn2.response()).status == 200
+            assert emu.summary()["internal_errors"] == 0
+
+    run(main())

@@ -70,6 +70,7 @@ class TeamsEmulator:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self.internal_errors = 0
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -171,7 +172,12 @@ class TeamsEmulator:
                 del self._outbound[key]
 
     def _on_message(self, stream: TlsStream, data: bytes) -> None:
-        self.core.receive(stream.conn_id, data, self._now())
+        try:
+            self.core.receive(stream.conn_id, data, self._now())
+        except Exception:  # a bug must not take the emulator down: log it, keep serving
+            self.internal_errors += 1
+            log.exception("emulator error on a message from %s", stream.peer,
+                          extra={"proxy": stream.proxy})
         self._pump()
 
     # ---- the core's output -------------------------------------------------------------------
@@ -396,6 +402,7 @@ class TeamsEmulator:
             "options_sent": len(options),
             "options_ok": sum(1 for r in options if r.ok),
             "handshake_failures": sum(s.handshake_failures for s in stats.values()),
+            "internal_errors": self.internal_errors,
             "rejections": _merge([s.rejections for s in stats.values()]),
             "media_packets_sent": sum(m.sent for m in media),
             "media_packets_received": sum(m.received for m in media),
