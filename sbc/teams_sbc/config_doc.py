@@ -32,7 +32,8 @@ def _type_name(annotation: Any) -> str:
     elif origin is list and args:
         text = f"list of {_type_name(args[0])}"
     elif origin is dict and len(args) == 2:
-        text = f"map of {_type_name(args[0])} to {_type_name(args[1])}"
+        key, value = args
+        text = f"map of {_type_name(key)} to {_type_name(value)}"
     elif args:
         text = " or ".join(_type_name(a) for a in args)
     else:
