@@ -26,7 +26,7 @@ Example: `examples/sbc.yaml`.
 
 def _type_name(annotation: Any) -> str:
     origin = getattr(annotation, "__origin__", None)
-    args = getattr(annotation, "__args__", ())
+    args: tuple[Any, ...] = getattr(annotation, "__args__", ())
     if origin is Literal:
         text = " or ".join(json.dumps(a) for a in args)
     elif origin is list and args:
