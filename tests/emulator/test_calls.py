@@ -88,6 +88,12 @@ def test_call_from_teams_with_srtp_both_ways_hold_and_bye(
             assert record.ok and record.ended_by == "emulator" and not record.violations
             assert record.proxy == "sip2"
             assert emu.summary()["calls_ok"] == 1
+            # The ladder keeps every message as it crossed the wire.
+            assert record.ladder[0].message.encode() == invite_bytes
+            received_200 = next(e for e in record.ladder if e.text.startswith("200 OK with SDP"))
+            assert received_200.arrow == "<-" and "Record-Route: <sip:10.0.0.1" in \
+                received_200.message
+            assert "          | SIP/2.0 200 OK" in record.ladder_text(full=True)
 
     run(main())
 

@@ -76,7 +76,7 @@ def test_cli_places_a_call_with_srtp_and_hold(tmp_path: Path) -> None:
         proc = await asyncio.create_subprocess_exec(
             *emulate("--pki-dir", str(pki), "--trunk", SBC_FQDN, "--sbc-address", sbc.address,
                      "--fail", "sip=refuse", "--call", "+14255550123", "--hold",
-                     "--call-seconds", "1.5", "--ladder"),
+                     "--call-seconds", "1.5", "--ladder", "full"),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         try:
@@ -102,6 +102,7 @@ def test_cli_places_a_call_with_srtp_and_hold(tmp_path: Path) -> None:
     ladder = "\n".join(lines[:-1])
     assert "--- from-teams +14255550123 via sip2: ended" in ladder
     assert "INVITE sip:+14255550123@sbc.example.test" in ladder
+    assert "          | CSEQ: 1 INVITE" in ladder, "--ladder full shows the messages"
 
 
 def test_cli_refuses_bad_flags(tmp_path: Path) -> None:

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-seconds", type=float, default=None,
                         help="stop after this long (default: when the calls are done; without "
                              "--call, on SIGINT/SIGTERM)")
-    parser.add_argument("--ladder", action="store_true", help="print each call's ladder")
+    parser.add_argument("--ladder", nargs="?", const="short", choices=["short", "full"],
+                        help="print each call's ladder; 'full' adds every message as sent")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -147,7 +148,7 @@ async def _run(config: EmulatorConfig, args: argparse.Namespace) -> dict[str, An
             for record in emulator.calls():
                 print(f"--- {record.direction} {record.number} via {record.proxy}: "
                       f"{record.state}{' (' + record.failure + ')' if record.failure else ''}")
-                print(record.ladder_text())
+                print(record.ladder_text(full=args.ladder == "full"))
                 if record.media is not None:
                     m = record.media
                     print(f"  media {m.local} <-> {m.remote}: sent {m.sent}, received "

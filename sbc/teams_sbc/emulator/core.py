@@ -239,6 +239,7 @@ class EmulatorCore:
         self._users = {u.number: u.behaviour for u in config.users}
         self._epoch: float | None = None
         self._receiving: int | None = None  # the connection whose message is being handled
+        self._receiving_data: bytes | None = None  # ... and its bytes, for the ladder
 
     # ---- connections ---------------------------------------------------------------------
 
@@ -333,13 +334,17 @@ class EmulatorCore:
         return max(0.0, now - call.record.started)
 
     def _note(self, call: _Call | None, now: float, arrow: Literal["->", "<-", "!!"], text: str,
-              proxy: str = "") -> None:
+              proxy: str = "", raw: bytes | None = None) -> None:
+        if raw is None and arrow == "<-":
+            raw = self._receiving_data
+        message = raw.decode("utf-8", "replace") if raw else ""
         if call is None:
-            self.stray.append(LadderEntry(now - (self._epoch or now), arrow, proxy, text))
+            self.stray.append(
+                LadderEntry(now - (self._epoch or now), arrow, proxy, text, message))
             del self.stray[:-500]
             return
         call.record.ladder.append(
-            LadderEntry(self._now_rel(call, now), arrow, proxy or call.proxy, text)
+            LadderEntry(self._now_rel(call, now), arrow, proxy or call.proxy, text, message)
         )
 
     def _violation(self, call: _Call, now: float, text: str) -> None:
@@ -363,13 +368,13 @@ class EmulatorCore:
         what = message.method if isinstance(message, Request) else str(message.status)
         self.outbox.append(Out(data, conn=conn, call_id=call.record.call_id if call else None,
                                what=what))
-        self._note(call, now, "->", self._summary(message), proxy)
+        self._note(call, now, "->", self._summary(message), proxy, raw=data)
 
     def _send_to(self, target: Target, data: bytes, call: _Call | None, now: float,
                  summary: str) -> None:
         self.outbox.append(Out(data, target=target, call_id=call.record.call_id if call else None,
                                what=summary.split(" ", maxsplit=1)[0]))
-        self._note(call, now, "->", summary, target.proxy)
+        self._note(call, now, "->", summary, target.proxy, raw=data)
 
     def _response(
         self,
@@ -433,6 +438,13 @@ class EmulatorCore:
         conn = self._conns.get(conn_id)
         if conn is None:
             return
+        self._receiving_data = data
+        try:
+            self._receive(conn, conn_id, data, now)
+        finally:
+            self._receiving_data = None
+
+    def _receive(self, conn: _Conn, conn_id: int, data: bytes, now: float) -> None:
         try:
             message = parse_message(data)
         except SipParseError as exc:

@@ -32,9 +32,14 @@ class LadderEntry:
     arrow: Literal["->", "<-", "!!"]
     proxy: str
     text: str
+    message: str = ""  # the whole message as it crossed the wire (sent or received)
 
-    def render(self) -> str:
-        return f"{self.at:7.3f}s {self.proxy:>5} {self.arrow} {self.text}"
+    def render(self, full: bool = False) -> str:
+        line = f"{self.at:7.3f}s {self.proxy:>5} {self.arrow} {self.text}"
+        if full and self.message:
+            body = self.message.replace("\r\n", "\n").rstrip("\n")
+            line += "\n" + "\n".join("          | " + row for row in body.split("\n"))
+        return line
 
 
 @dataclass
@@ -89,8 +94,9 @@ class CallRecord:
             and not self.violations
         )
 
-    def ladder_text(self) -> str:
-        return "\n".join(entry.render() for entry in self.ladder)
+    def ladder_text(self, full: bool = False) -> str:
+        """One line per message or note; ``full`` adds each message as it was on the wire."""
+        return "\n".join(entry.render(full) for entry in self.ladder)
 
 
 @dataclass
