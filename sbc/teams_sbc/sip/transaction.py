@@ -3,7 +3,7 @@
 Four state machines (INVITE/non-INVITE x client/server), amended by RFC 6026 (the "Accepted"
 states and timers L and M), written as DATA: one table per machine, mapping
 ``(state, event) -> Transition(next state, operations)``. Everything else in this module is the
-small interpreter that runs those tables, and one timer heap shared by every transaction.
+small interpreter that runs those tables, and the timers of every transaction.
 ``docs/transactions.md`` draws its diagrams from the same tables
 (``tools/gen_transaction_diagram.py``), so the picture cannot drift from the code.
 
