@@ -988,7 +988,8 @@ class TransactionTable(Generic[M]):
 
     Timers: live transactions (those retransmitting or waiting for a response) share one heap;
     waiting ones sit in one first-in first-out queue per timer length (:class:`_Queue`).
-    ``now`` must never go back from one call to the next (a monotonic clock).
+    ``now`` must never go back from one call to the next (a monotonic clock); if it did, a
+    waiting transaction could end late behind one queued before it, never early.
     """
 
     def __init__(
