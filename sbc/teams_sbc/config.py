@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from teams_sbc.media.config import MediaConfig
+
 Transport = Literal["udp", "tcp", "tls"]
 
 
@@ -179,6 +181,11 @@ class SbcConfig(_Model):
     drain_seconds: float = Field(
         default=32.0, ge=0, description="On SIGTERM, how long open transactions may take to finish."
     )
+    media: MediaConfig | None = Field(
+        default=None,
+        description="rtpengine anchors the media of every call (docs/media.md); without this "
+        "section SDP passes through untouched.",
+    )
 
     @field_validator("listeners")
     @classmethod
@@ -195,6 +202,21 @@ class SbcConfig(_Model):
             unknown = [n for n in [*route.from_listeners, route.listener] if n and n not in names]
             if unknown:
                 raise ValueError(f"route {route.name!r} names unknown listeners {unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _media_references(self) -> SbcConfig:
+        if self.media is None:
+            return self
+        names = {listener.name for listener in self.listeners}
+        unknown = [n for n in self.media.teams_listeners if n not in names]
+        if unknown:
+            raise ValueError(f"media.teams_listeners names unknown listeners {unknown}")
+        if not self.record_route:
+            raise ValueError(
+                "media needs record_route: true (the BYE that frees a call's media, and the "
+                "rtpengine a call sticks to, come back along the Record-Route)"
+            )
         return self
 
 
