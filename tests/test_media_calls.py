@@ -7,12 +7,15 @@ each call: nothing leaks.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from teams_sbc.media.rtp import RtpPacket
 from tests.media.sipp_bed import (
+    FAST_MEDIA,
     PCMU,
+    SCENARIOS,
     MediaBed,
     audio,
     carrier_frames,
@@ -21,6 +24,7 @@ from tests.media.sipp_bed import (
     sdp_of,
     teams_packets,
 )
+from tests.testbed.process import free_port, wait_until
 from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory
 from tests.testbed.sipp import SippFactory
@@ -93,3 +97,179 @@ def test_carrier_call_early_media_and_both_directions(
     assert scrape.value("sbc_media_dialogs") == 0
     assert scrape.value("sbc_media_relay_up") == 1
     bed.sbc.wait_idle()
+
+
+def test_hold_reaches_teams_as_inactive_and_resume_brings_media_back(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_hold.xml"
+    )
+    assert bed.sessions() == []
+    uac = bed.call("uac_media_hold.xml")
+    invite = bed.teams_received("INVITE")
+    offer = audio(sdp_of(invite))
+    bed.teams_received("ACK")
+    bed.media_both_ways(crypto(offer, 1), bed.teams_key, offer.port, b"BEFORE")
+
+    bed.signal_carrier(uac, invite)  # the carrier holds (a=sendonly)
+    held = audio(sdp_of(bed.teams_received("INVITE", count=2)))
+    # Teams understands hold only as a=inactive, with a real address (not c=0.0.0.0).
+    assert held.direction == "inactive"
+    assert held.address == "127.0.0.1" and held.port == offer.port
+    bed.teams_received("ACK", count=2)
+
+    bed.signal_carrier(uac, invite)  # the carrier resumes (a=sendrecv)
+    resumed = audio(sdp_of(bed.teams_received("INVITE", count=3)))
+    assert resumed.direction == "sendrecv"
+    bed.teams_received("ACK", count=3)
+    bed.media_both_ways(crypto(resumed, 1), bed.teams_key, resumed.port, b"RESUMED")
+
+    bed.signal_carrier(uac, invite)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
+    scrape = bed.sbc.metrics()
+    assert scrape.value("sbc_media_commands_total", command="offer", result="ok") == 3
+    bed.sbc.wait_idle()
+
+
+def test_teams_reinvite_with_a_new_key_keeps_media_flowing(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_rekey.xml",
+        teams_keys=2,
+    )  # fmt: skip
+    assert bed.sessions() == []
+    uac = bed.call("uac_media_reinvited.xml")
+    invite = bed.teams_received("INVITE")
+    offer = audio(sdp_of(invite))
+    bed.teams_received("ACK")
+    bed.media_both_ways(crypto(offer, 1), bed.teams_keys[0], offer.port, b"KEY-1")
+
+    bed.signal_teams(invite)  # Teams re-INVITEs with its second key
+    reinvite = bed.teams_sent_request("INVITE")
+    assert bed.teams_keys[1].attribute().split("inline:")[1] in reinvite.text
+    answer = audio(sdp_of(bed.teams_got(200)))
+    assert answer.protocol == "RTP/SAVP"
+    bed.teams_sent_request("ACK")
+    # The carrier answered that re-INVITE itself: it saw plain RTP/AVP, no key.
+    carrier_side = [t for t in MediaBed.uac_messages(uac) if t.method == "INVITE"]
+    assert carrier_side and "a=crypto" not in carrier_side[-1].text
+    assert "RTP/AVP" in carrier_side[-1].text
+    bed.media_both_ways(crypto(answer, 1), bed.teams_keys[1], answer.port, b"KEY-2")
+
+    bed.signal_carrier(uac, invite)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
+    bed.sbc.wait_idle()
+
+
+def test_media_timeout_ends_the_call_with_a_bye_to_each_party(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """rtpengine (--timeout=3) sees no RTP and calls the SBC back (--b2b-url, XMLRPC): the SBC
+    sends both parties a BYE with a Reason; the carrier's scenario fails without it."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_early_answer.xml",
+        rtpengine_args=["--timeout=3"],
+    )  # fmt: skip
+    uac = bed.call("uac_media_timeout.xml", echo=False)
+    invite = bed.teams_received("INVITE")
+    bye = bed.teams_received("BYE")
+    assert bye.header("Reason") == 'Q.850;cause=102;text="media timeout"'
+    assert bye.header("Call-ID") == invite.header("Call-ID")
+    run = uac.finish()
+    assert run.stats.all_ok, run.error_path
+    carrier_bye = [t for t in MediaBed.uac_messages(uac) if t.method == "BYE"]
+    assert carrier_bye[0].header("Reason") == 'Q.850;cause=102;text="media timeout"'
+    bed.wait_no_sessions()
+    scrape = bed.sbc.metrics()
+    assert scrape.value("sbc_media_timeout_teardowns_total") == 1
+    assert scrape.value("sbc_media_dialogs") == 0
+    logged = [r for r in bed.sbc.log_records() if r["msg"] == "media timeout: call torn down"]
+    assert [r["call_id"] for r in logged] == [invite.header("Call-ID")]
+    bed.sbc.wait_idle()
+
+
+def test_rtpengine_killed_mid_call_and_restarted(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """The call in progress is not torn down while rtpengine is gone; new calls get 503 with
+    Retry-After and readiness says why; once rtpengine is back, Teams' re-INVITE anchors the
+    call's media again on the restarted instance and media flows."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_rekey.xml",
+        teams_keys=2,
+    )  # fmt: skip
+    uac = bed.call("uac_media_reinvited.xml")
+    invite = bed.teams_received("INVITE")
+    offer = audio(sdp_of(invite))
+    bed.teams_received("ACK")
+    bed.media_both_ways(crypto(offer, 1), bed.teams_keys[0], offer.port, b"BEFORE")
+
+    bed.rtpengine.kill()
+    wait_until(lambda: not bed.sbc.readiness()[0], 10, "the SBC to turn unready")
+    _, reasons = bed.sbc.readiness()
+    assert any(r.startswith("no rtpengine up") for r in reasons), reasons
+    assert bed.sbc.metrics().value("sbc_media_relay_up") == 0
+    assert [r for r in bed.sbc.log_records() if r["msg"].startswith("rtpengine down")]
+    # A new call: 503 with Retry-After (the scenario checks it), no offer left waiting.
+    refused = bed.sipp.uac(
+        bed.sbc.address("carrier"), calls=1, scenario=SCENARIOS / "uac_media_503.xml",
+        extra_args=["-mi", "127.0.0.1"],
+    )  # fmt: skip
+    assert refused.stats.all_ok, refused.error_path
+    assert bed.sbc.metrics().value("sbc_media_calls_rejected_total", status="503") == 1
+    # The call in progress goes on: nobody got a BYE.
+    assert not [t for t in bed.teams_messages() if t.method == "BYE"]
+    assert uac.alive()
+
+    bed.rtpengine.restart()
+    wait_until(lambda: bed.sbc.readiness()[0], 10, "the SBC to be ready again")
+    bed.signal_teams(invite)  # Teams re-INVITEs: the restarted rtpengine anchors it afresh
+    answer = audio(sdp_of(bed.teams_got(200)))
+    bed.teams_sent_request("ACK")
+    bed.media_both_ways(crypto(answer, 1), bed.teams_keys[1], answer.port, b"AFTER")
+
+    bed.signal_carrier(uac, invite)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
+    bed.sbc.wait_idle()
+
+
+def test_no_rtpengine_at_start_unready_and_calls_get_503(
+    tmp_path: Path, sbc_factory: SbcFactory, sipp_factory: SippFactory
+) -> None:
+    ng_port = free_port(socket.SOCK_DGRAM)  # nothing listens there
+    sbc = sbc_factory(
+        start=False,
+        listeners=[{"name": "carrier", "transport": "udp", "host": "127.0.0.1"}],
+        routes=[{"name": "nowhere", "next_hop": "sip:127.0.0.1:9"}],
+        media={"rtpengines": [{"address": f"127.0.0.1:{ng_port}"}], **FAST_MEDIA},
+    )
+    sbc.start(ready=False)
+    ready, reasons = sbc.readiness()
+    assert not ready and reasons and reasons[0].startswith("no rtpengine up"), reasons
+    run = sipp_factory.uac(
+        sbc.address("carrier"), calls=2, scenario=SCENARIOS / "uac_media_503.xml",
+        extra_args=["-mi", "127.0.0.1"],
+    )  # fmt: skip
+    assert run.stats.all_ok, run.error_path
+    scrape = sbc.metrics()
+    assert scrape.value("sbc_media_calls_rejected_total", status="503") == 2
+    assert scrape.value("sbc_media_commands_total", command="offer", result="unavailable") == 2
+    assert scrape.value("sbc_media_relay_up") == 0
+    sbc.wait_idle(allow_invite_clients=0)

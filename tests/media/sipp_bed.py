@@ -142,6 +142,23 @@ class MediaBed:
             count=count,
         )
 
+    def teams_got(self, status: int, *, count: int = 1, cseq: str = "INVITE") -> Traced:
+        """A response Teams (sipp) received to a request of its own (a re-INVITE)."""
+        return self.wait_for(
+            self.teams_messages,
+            f"Teams (sipp) to receive {status} to {cseq} #{count}",
+            lambda t: t.direction == "received" and t.status == status and t.cseq_method == cseq,
+            count=count,
+        )
+
+    def teams_sent_request(self, method: str, *, count: int = 1) -> Traced:
+        return self.wait_for(
+            self.teams_messages,
+            f"Teams (sipp) to send {method} #{count}",
+            lambda t: t.direction == "sent" and t.method == method,
+            count=count,
+        )
+
     def teams_sent(self, status: int, *, count: int = 1, cseq: str = "INVITE") -> Traced:
         return self.wait_for(
             self.teams_messages,
@@ -188,6 +205,12 @@ class MediaBed:
             wait_until(received, 10.0, f"sipp on port {port} to take the test's signal",
                        interval=0.3)  # fmt: skip
 
+    def signal_carrier(self, uac: SippUac, call: Traced) -> None:
+        self.signal(uac.port, call, lambda: self.uac_messages(uac))
+
+    def signal_teams(self, call: Traced) -> None:
+        self.signal(self.teams.port, call, self.teams_messages)
+
     # -- media as Teams -----------------------------------------------------------------------
 
     def drain(self) -> None:
@@ -230,6 +253,20 @@ class MediaBed:
             if want(packet):
                 got.append(packet)
         return got
+
+    def media_both_ways(self, rtpengine_key: SdesKey, teams_key: SdesKey, port: int,
+                        marker: bytes) -> None:  # fmt: skip
+        """Teams' SRTP (``teams_key``) reaches the carrier as plain RTP (its echo comes back
+        with the same payload) and the carrier's stream reaches Teams; both decrypt with
+        ``rtpengine_key``."""
+        self.drain()
+        sent = teams_packets(10, marker)
+        self.send(teams_key, sent, port)
+        echoed = self.receive(rtpengine_key, 10, want=lambda p: p.payload.startswith(marker))
+        assert sorted(p.payload for p in echoed) == sorted(p.payload for p in sent)
+        frames = set(carrier_frames())
+        carried = self.receive(rtpengine_key, 10, want=lambda p: p.payload[:8] == b"CARRIER-")
+        assert all(p.payload in frames and p.payload_type == PCMU for p in carried)
 
     def send(self, key: SdesKey, packets: Sequence[RtpPacket], port: int) -> None:
         """SRTP to rtpengine's Teams-side port, encrypted with Teams' ``key``."""
