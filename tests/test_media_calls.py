@@ -7,7 +7,9 @@ each call: nothing leaks.
 
 from __future__ import annotations
 
+import http.client
 import socket
+import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
 
@@ -273,3 +275,38 @@ def test_no_rtpengine_at_start_unready_and_calls_get_503(
     assert scrape.value("sbc_media_commands_total", command="offer", result="unavailable") == 2
     assert scrape.value("sbc_media_relay_up") == 0
     sbc.wait_idle(allow_invite_clients=0)
+
+
+def _post(sbc_port: int, body: bytes, source: str = "127.0.0.1") -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", sbc_port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("POST", "/rtpengine/timeout", body, {"Content-Type": "text/xml"})
+        reply = conn.getresponse()
+        return reply.status, reply.read().decode()
+    finally:
+        conn.close()
+
+
+def test_media_timeout_callback_takes_only_rtpengine_and_only_xmlrpc(
+    sbc_factory: SbcFactory,
+) -> None:
+    """The callback ends calls: from another address it is refused; bad XML gets an XMLRPC
+    fault, not a crash; a call this SBC does not know gets the fault rtpengine treats as
+    "nothing to do"."""
+    ng_port = free_port(socket.SOCK_DGRAM)
+    sbc = sbc_factory(
+        start=False,
+        listeners=[{"name": "carrier", "transport": "udp", "host": "127.0.0.1"}],
+        media={"rtpengines": [{"address": f"127.0.0.1:{ng_port}"}], **FAST_MEDIA},
+    )
+    sbc.start(ready=False)
+    call = xmlrpc.client.dumps(("no-such-call", "a", "b"), "dlg.terminate_dlg").encode()
+    status, body = _post(sbc.http_port, call, source="127.0.0.2")
+    assert status == 403
+    status, body = _post(sbc.http_port, call)
+    assert status == 200 and "dialog not found" in body and "<fault>" in body
+    status, body = _post(sbc.http_port, b"<methodCall><params>")
+    assert status == 200 and "<fault>" in body
+    status, body = _post(sbc.http_port, xmlrpc.client.dumps((1, 2), "system.shutdown").encode())
+    assert status == 200 and "unsupported" in body
+    assert sbc.alive() and sbc.http("/healthz")[0] == 200

@@ -65,6 +65,9 @@ class MediaDriver:
         self._done = done
         self._timed_out = timed_out
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Who may report a media timeout: the configured rtpengine hosts (and loopback, for
+        #: a sidecar): the callback ends calls, so it is not open to anyone on the HTTP port.
+        self._callback_sources = {i.host_port[0] for i in config.rtpengines} | {"127.0.0.1", "::1"}
         metrics.observe_relays(self._relay_health)
 
     def _relay_health(self) -> list[tuple[str, Any]]:
@@ -189,6 +192,9 @@ class MediaDriver:
 
     async def timeout_callback(self, request: web.Request) -> web.Response:
         """rtpengine's XMLRPC teardown (``--b2b-url``): the call had no media for too long."""
+        if request.remote not in self._callback_sources:
+            log.warning("media-timeout callback refused from %s", request.remote)
+            return web.Response(status=403, text="not an rtpengine of this SBC\n")
         if request.content_length is not None and request.content_length > _MAX_CALLBACK_BYTES:
             return _fault(2, "request too large")
         body = await request.content.read(_MAX_CALLBACK_BYTES + 1)
