@@ -379,10 +379,17 @@ def test_bye_is_forwarded_at_once_and_deletes_at_the_instance_in_its_route(
     assert (delete.call_id, delete.from_tag, delete.relay) == ("call-1", "caller1", TOKEN)
 
 
-def test_bye_of_a_call_without_anchored_media_deletes_nothing(bench: MediaBench) -> None:
+def test_bye_without_a_token_deletes_at_every_instance() -> None:
+    """A UA that ignores Record-Route sends its BYE with no Route: the call's instance is not
+    known, and a session must not outlive its call, so each instance gets the delete."""
+    bench = MediaBench(
+        media_config(rtpengines=[{"address": "127.0.0.1:2223", "token": TOKEN},
+                                 {"address": "127.0.0.1:2224", "token": "r2"}])
+    )  # fmt: skip
     routes = [f"<sip:{SBC_A};lr;r2=on>", f"<sip:{SBC_B};lr;r2=on>"]
     assert only(bench.feed(bye(routes=routes))).peer == UAS
-    assert bench.commands() == []
+    deletes = bench.commands()
+    assert [(d.op, d.relay) for d in deletes] == [(Op.DELETE, TOKEN), (Op.DELETE, "r2")]
 
 
 def test_reinvite_offers_to_the_dialogs_instance(bench: MediaBench) -> None:
@@ -419,7 +426,17 @@ def test_failed_reinvite_offer_keeps_the_call(bench: MediaBench) -> None:
     assert bench.commands() == []  # no delete: the session stays as it was (14.2)
 
 
-def test_reinvite_of_a_call_not_anchored_here_passes_untouched(bench: MediaBench) -> None:
+def test_reinvite_without_a_token_goes_to_the_only_instance(bench: MediaBench) -> None:
+    routes = [f"<sip:{SBC_A};lr;r2=on>", f"<sip:{SBC_B};lr;r2=on>"]
+    bench.feed(sdp_invite(to_tag="callee1", routes=routes, ruri="sip:bob@192.0.2.20:5080"))
+    assert bench.command(Op.OFFER).relay == TOKEN
+
+
+def test_reinvite_without_a_token_passes_untouched_when_the_instance_is_unknown() -> None:
+    bench = MediaBench(
+        media_config(rtpengines=[{"address": "127.0.0.1:2223", "token": TOKEN},
+                                 {"address": "127.0.0.1:2224", "token": "r2"}])
+    )  # fmt: skip
     routes = [f"<sip:{SBC_A};lr;r2=on>", f"<sip:{SBC_B};lr;r2=on>"]
     outs = bench.feed(sdp_invite(to_tag="callee1", routes=routes, ruri="sip:bob@192.0.2.20:5080"))
     fwd = only([o for o in outs if not o.is_response])

@@ -924,6 +924,9 @@ class Proxy:
         self._dialogs: dict[str, list[Dialog]] = {}
         self._audits: OrderedDict[Dialog, float] = OrderedDict()
         self._roles: dict[str, Leg] = {}
+        #: Every configured instance's token: where an in-dialog request that carries none
+        #: (its UA ignored our Record-Route) is sent.
+        self._tokens: tuple[str, ...] = ()
         self._command_deadline = 0.0
         self._audit_interval = 0.0
         self._retry_after = 0
@@ -937,6 +940,7 @@ class Proxy:
             listener.name: Leg.TEAMS if listener.name in teams else Leg.CARRIER
             for listener in self.config.listeners
         }
+        self._tokens = tuple(instance.identity for instance in media.rtpengines)
         self._command_deadline = media.command_deadline
         self._audit_interval = media.dialog_audit_interval
         self._retry_after = media.retry_after
@@ -1079,9 +1083,13 @@ class Proxy:
         ctx: _ServerCtx = txn.context
         initial = req.to_tag is None
         if not initial and token is None:
-            # Our Record-Route carried no token: the call's media was never anchored here.
-            log.info("re-INVITE of a call without anchored media", extra={"call_id": req.call_id})
-            return False
+            # No token in the Route: a UA that ignores Record-Route (its requests reach us as
+            # their target), or a call we never anchored. With one instance there is no doubt
+            # where the call is (or goes); with several, the SDP passes untouched.
+            if len(self._tokens) != 1:
+                log.info("re-INVITE names no rtpengine", extra={"call_id": req.call_id})
+                return False
+            token = self._tokens[0]
         state = MediaState(
             call_id=req.call_id,
             from_tag=req.from_tag or "",
@@ -1296,8 +1304,11 @@ class Proxy:
                     dialog.caller_target = target
                 elif target:
                     dialog.callee_target = target
-        if method == "BYE" and token is not None:
-            self._delete_call(call_id, req.from_tag or "", token, "BYE")
+        if method == "BYE":
+            # Without a token (a UA that ignores Record-Route), every instance is asked: a
+            # session must not outlive its call; "unknown call-id" elsewhere costs nothing.
+            for relay in (token,) if token is not None else self._tokens:
+                self._delete_call(call_id, req.from_tag or "", relay, "BYE")
 
     def _audit(self, dialog: Dialog, now: float) -> None:
         """Does rtpengine still hold this call? A BYE through another replica ended it there."""
