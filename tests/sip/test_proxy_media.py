@@ -561,3 +561,24 @@ def test_media_needs_record_route() -> None:
 def test_teams_listeners_must_exist() -> None:
     with pytest.raises(Exception, match="teams_listeners"):
         media_config(teams_listeners=["nope"])
+
+
+def test_teams_section_names_the_teams_leg_when_media_does_not() -> None:
+    """With a `teams` section, `media.teams_listeners` may stay empty: the Teams edge's
+    listener is the SRTP leg."""
+    raw = {
+        "listeners": [
+            {"name": "teams", "transport": "tls", "host": "10.0.0.2", "port": 5061,
+             "tls": {"cert_file": "c.pem", "key_file": "k.pem", "ca_file": "ca.pem"}},
+            {"name": "carrier", "transport": "udp", "host": "10.0.0.1", "port": 5060},
+        ],
+        "teams": {
+            "fqdn": "sbc.carrier.example",
+            "teams_listener": "teams",
+            "carrier_listener": "carrier",
+            "carrier": {"next_hop": "sip:192.0.2.30:5060"},
+        },
+        "media": {"rtpengines": [{"address": "127.0.0.1:2223"}]},
+    }  # fmt: skip
+    proxy = MediaBench(parse_config(raw)).proxy
+    assert proxy._roles == {"teams": Leg.TEAMS, "carrier": Leg.CARRIER}

@@ -122,7 +122,7 @@ class MediaConfig(_Model):
         default_factory=list,
         description="Names of the listeners that face Teams: SDP sent out of them gets "
         "RTP/SAVP with SDES keys. SDP sent out of any other listener (the carrier side) gets "
-        "plain RTP/AVP.",
+        "plain RTP/AVP. Empty: the `teams` section's `teams_listener`, if there is one.",
     )
     retry_after: int = Field(
         default=10,

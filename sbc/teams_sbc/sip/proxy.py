@@ -936,6 +936,8 @@ class Proxy:
         self.media_metrics = media_metrics or MediaMetrics(self.metrics.registry)
         self.media_metrics.observe_core(self.parked_count, self.dialog_count)
         teams = set(media.teams_listeners)
+        if not teams and self.config.teams is not None:
+            teams = {self.config.teams.teams_listener}  # the Teams edge names its listener
         self._roles = {
             listener.name: Leg.TEAMS if listener.name in teams else Leg.CARRIER
             for listener in self.config.listeners
