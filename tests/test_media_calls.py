@@ -226,7 +226,8 @@ def test_rtpengine_killed_mid_call_and_restarted(
     wait_until(lambda: not bed.sbc.readiness()[0], 10, "the SBC to turn unready")
     _, reasons = bed.sbc.readiness()
     assert any(r.startswith("no rtpengine up") for r in reasons), reasons
-    assert bed.sbc.metrics().value("sbc_media_relay_up") == 0
+    down = bed.sbc.metrics()
+    assert down.value("sbc_media_relay_up") == 0 and down.value("sbc_ready") == 0
     assert [r for r in bed.sbc.log_records() if r["msg"].startswith("rtpengine down")]
     # A new call: 503 with Retry-After (the scenario checks it), no offer left waiting.
     refused = bed.sipp.uac(
@@ -241,6 +242,7 @@ def test_rtpengine_killed_mid_call_and_restarted(
 
     bed.rtpengine.restart()
     wait_until(lambda: bed.sbc.readiness()[0], 10, "the SBC to be ready again")
+    assert bed.sbc.metrics().value("sbc_ready") == 1
     bed.signal_teams(invite)  # Teams re-INVITEs: the restarted rtpengine anchors it afresh
     answer = audio(sdp_of(bed.teams_got(200)))
     bed.teams_sent_request("ACK")
@@ -274,6 +276,7 @@ def test_no_rtpengine_at_start_unready_and_calls_get_503(
     assert scrape.value("sbc_media_calls_rejected_total", status="503") == 2
     assert scrape.value("sbc_media_commands_total", command="offer", result="unavailable") == 2
     assert scrape.value("sbc_media_relay_up") == 0
+    assert scrape.value("sbc_ready") == 0
     sbc.wait_idle(allow_invite_clients=0)
 
 

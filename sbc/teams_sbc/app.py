@@ -73,7 +73,8 @@ class Sbc:
         await self.health.start()
         if self.transports.tls:
             self._reloader = asyncio.get_running_loop().create_task(self._reload_tls())
-        self.metrics.ready.set(1)
+        # Read at scrape time: 0 while draining, or while no rtpengine can anchor a call.
+        self.metrics.ready.set_function(lambda: float(self.readiness()[0]))
         log.info(
             "sbc started",
             extra={
