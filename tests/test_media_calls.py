@@ -7,6 +7,7 @@ each call: nothing leaks.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import socket
 import xmlrpc.client
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from teams_sbc.media.rtp import RtpPacket
+from teams_sbc.media.srtp import SdesKey
 from tests.media.sipp_bed import (
     FAST_MEDIA,
     PCMU,
@@ -22,10 +24,12 @@ from tests.media.sipp_bed import (
     audio,
     carrier_frames,
     crypto,
+    make_calls_from_teams_bed,
     make_media_bed,
     sdp_of,
     teams_packets,
 )
+from tests.test_proxy_sipp import read_trace
 from tests.testbed.process import free_port, wait_until
 from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory
@@ -98,6 +102,50 @@ def test_carrier_call_early_media_and_both_directions(
     assert scrape.value("sbc_media_parked") == 0
     assert scrape.value("sbc_media_dialogs") == 0
     assert scrape.value("sbc_media_relay_up") == 1
+    bed.sbc.wait_idle()
+
+
+def test_call_from_teams_reaches_the_carrier_as_plain_rtp(
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """Teams calls with Microsoft's SDP (ICE candidates, x-candidate-ipv6, an MKI key): the
+    carrier gets clean RTP/AVP with Teams' codecs; media flows both ways."""
+    secret = SdesKey.generate("AES_CM_128_HMAC_SHA1_80")
+    teams_key = SdesKey(2, secret.suite, secret.key_salt, lifetime="2^31", mki=1, mki_length=1)
+    bed, _carrier, carrier_trace = make_calls_from_teams_bed(
+        sbc_factory, sipp_factory, rtpengine_factory, teams_key
+    )
+    assert bed.sessions() == []
+    inline = base64.b64encode(teams_key.key_salt).decode().rstrip("=")
+    uac = bed.sipp.start_uac(
+        bed.sbc.address("teams"),
+        scenario=SCENARIOS / "uac_teams_call.xml",
+        extra_args=["-key", "teams_port", str(bed.teams_socket.getsockname()[1]),
+                    "-key", "teams_key", inline],
+    )  # fmt: skip
+    assert uac.message_path is not None
+    bed.teams_trace = uac.message_path
+    answer = audio(sdp_of(bed.teams_got(200)))
+    assert answer.protocol == "RTP/SAVP" and answer.rtcp_mux
+    rtpengine_key = crypto(answer, 2)  # rtpengine answers under the tag Teams offered
+    # What the carrier was offered: plain RTP, Teams' codecs, nothing of Teams' ICE.
+    invite = next(t for t in read_trace(carrier_trace) if t.method == "INVITE")
+    to_carrier = audio(sdp_of(invite))
+    assert to_carrier.protocol == "RTP/AVP"
+    assert to_carrier.formats == ("0", "8", "101", "13")
+    assert not [
+        a for a in to_carrier.attributes
+        if a.startswith(("crypto", "candidate", "x-candidate", "ice-", "rtcp-mux"))
+    ], to_carrier.attributes  # fmt: skip
+    bed.teams_sent_request("ACK")
+    bed.media_both_ways(rtpengine_key, teams_key, answer.port, b"FROM-TEAMS")
+
+    bed.signal(uac.port, invite, bed.teams_messages)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
+    assert [t for t in read_trace(carrier_trace) if t.method == "BYE"]
     bed.sbc.wait_idle()
 
 

@@ -82,8 +82,8 @@ class MediaBed:
     sbc: SbcProcess
     rtpengine: Rtpengine
     sipp: SippFactory
-    teams: SippUas
-    teams_trace: Path
+    teams: SippUas | None  # Teams' sipp when it answers (None in calls from Teams)
+    teams_trace: Path  # Teams' sipp's message trace
     teams_socket: socket.socket
     teams_keys: list[SdesKey]  # Teams' own keys: [0] in its first SDP, then -key teams_key2...
     rtp_file: Path
@@ -209,6 +209,7 @@ class MediaBed:
         self.signal(uac.port, call, lambda: self.uac_messages(uac))
 
     def signal_teams(self, call: Traced) -> None:
+        assert self.teams is not None
         self.signal(self.teams.port, call, self.teams_messages)
 
     # -- media as Teams -----------------------------------------------------------------------
@@ -356,3 +357,51 @@ def make_media_bed(
     rtp_file = sipp_factory.log_dir / "carrier.pcmu"
     rtp_file.write_bytes(b"".join(carrier_frames()))
     return MediaBed(sbc, engine, sipp_factory, teams, trace, teams_socket, keys, rtp_file)
+
+
+def make_calls_from_teams_bed(
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: Callable[..., Rtpengine],
+    teams_key: SdesKey,
+) -> tuple[MediaBed, SippUas, Path]:
+    """The other direction: Teams calls (a background sipp UAC the test starts on
+    ``sbc.address("teams")``, then points ``bed.teams_trace`` at), the carrier answers (a sipp
+    UAS streaming and echoing RTP). Returns the bed, the carrier and the carrier's trace."""
+    teams_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    teams_socket.bind((HOST, 0))
+    rtp_file = sipp_factory.log_dir / "carrier.pcmu"
+    rtp_file.write_bytes(b"".join(carrier_frames()))
+    carrier_trace = sipp_factory.log_dir / "carrier.messages.log"
+    carrier = sipp_factory.uas(
+        scenario=SCENARIOS / "uas_carrier_media.xml",
+        extra_args=[
+            "-trace_msg", "-message_file", str(carrier_trace),
+            "-mi", HOST, "-mp", str(free_port_range(4, HOST)), "-rtp_echo",
+        ],
+    )  # fmt: skip
+    sbc = sbc_factory(
+        start=False,
+        listeners=[
+            {"name": "carrier", "transport": "udp", "host": HOST},
+            {"name": "teams", "transport": "udp", "host": HOST},
+        ],
+        routes=[
+            {
+                "name": "to-carrier",
+                "from_listeners": ["teams"],
+                "next_hop": f"sip:{carrier.address}",
+                "listener": "carrier",
+            }
+        ],
+    )
+    engine = rtpengine_factory()
+    sbc.config["media"] = {
+        "rtpengines": [{"address": engine.ng_address}],
+        "teams_listeners": ["teams"],
+        **FAST_MEDIA,
+    }
+    sbc.start()
+    trace = sipp_factory.log_dir / "not-started.messages.log"
+    bed = MediaBed(sbc, engine, sipp_factory, None, trace, teams_socket, [teams_key], rtp_file)
+    return bed, carrier, carrier_trace
