@@ -40,7 +40,8 @@ class _MediaCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         parked = GaugeMetricFamily(
             "sbc_media_parked",
-            "SIP messages waiting for an rtpengine answer before they go on.",
+            "ng commands the SIP core waits on: messages parked until rtpengine answers, and "
+            "dialog audits.",
         )
         parked.add_metric([], self.parked())
         yield parked

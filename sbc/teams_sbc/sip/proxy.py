@@ -948,7 +948,7 @@ class Proxy:
         self._retry_after = media.retry_after
 
     def parked_count(self) -> int:
-        """Messages waiting for rtpengine (the ``sbc_media_parked`` gauge)."""
+        """Commands waited on: parked messages and audits (the ``sbc_media_parked`` gauge)."""
         return len(self._pending)
 
     def dialog_count(self) -> int:
