@@ -274,12 +274,17 @@ def run_load(
                 break
     finally:
         code = proc.stop()
-    return _load_result(stat, code, calls, stopped, proc)
+    return load_result(stat, code, calls, stopped, proc)
 
 
-def _load_result(
+def load_result(
     stat: Path, code: int | None, calls: int, stopped: str, proc: ManagedProcess
 ) -> LoadResult:
+    """What a finished sipp load run did, from its statistics file (``-trace_stat``): calls
+    created, successful and failed, the creation rate and the most calls at once. ``code`` is
+    sipp's exit status, ``stopped`` why the run was ended early ("" if it was not), ``proc``
+    the sipp process (its log explains a run that wrote nothing). Shared with media_bench.py,
+    whose loads use another scenario."""
     rows = stat_rows(stat)
     if not rows:
         raise PartFailed(f"sipp wrote no statistics (exit {code})\n{proc.log_tail()}")
