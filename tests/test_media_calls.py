@@ -29,6 +29,7 @@ from tests.media.sipp_bed import (
     sdp_of,
     teams_packets,
 )
+from tests.media.stun import BINDING_SUCCESS, ice_lite_sdp
 from tests.test_proxy_sipp import read_trace
 from tests.testbed.process import free_port, wait_until
 from tests.testbed.rtpengine import Rtpengine
@@ -102,6 +103,44 @@ def test_carrier_call_early_media_and_both_directions(
     assert scrape.value("sbc_media_parked") == 0
     assert scrape.value("sbc_media_dialogs") == 0
     assert scrape.value("sbc_media_relay_up") == 1
+    bed.sbc.wait_idle()
+
+
+def test_media_bypass_teams_client_reaches_rtpengine_by_ice(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """`media.bypass`: the INVITE Teams gets makes rtpengine an ICE-lite peer with one IPv4
+    candidate (Microsoft's media bypass); the Teams client (full ICE, controlling) nominates
+    its path with a check that rtpengine answers under its own password; media both ways."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_bypass.xml",
+        media={"bypass": True},
+    )  # fmt: skip
+    assert bed.sessions() == []
+    uac = bed.call("uac_media_call.xml")
+    invite = bed.teams_received("INVITE")
+    sdp = sdp_of(invite)
+    ufrag, pwd, port = ice_lite_sdp(sdp)
+    rtpengine_key = crypto(audio(sdp), 1)
+    bed.teams_sent(183)
+    response = bed.ice_check(port, ufrag, pwd, client_ufrag="TmsC")
+    assert response.kind == BINDING_SUCCESS
+    assert response.integrity_ok(pwd) and response.fingerprint_ok()
+    assert response.mapped_address() == ("127.0.0.1", bed.teams_socket.getsockname()[1])
+    bed.teams_received("ACK")
+    bed.media_both_ways(rtpengine_key, bed.teams_key, port, b"BYPASS")
+    # The carrier saw none of it: plain RTP/AVP, no ICE, no key.
+    ok = [t for t in MediaBed.uac_messages(uac) if t.status == 200 and t.cseq_method == "INVITE"]
+    to_carrier = audio(sdp_of(ok[0]))
+    assert to_carrier.protocol == "RTP/AVP"
+    assert not [a for a in to_carrier.attributes if a.startswith(("ice-", "candidate", "crypto"))]
+
+    bed.signal_carrier(uac, invite)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
     bed.sbc.wait_idle()
 
 
