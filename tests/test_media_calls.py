@@ -30,7 +30,7 @@ from tests.media.sipp_bed import (
     teams_packets,
 )
 from tests.media.stun import BINDING_SUCCESS, ice_lite_sdp
-from tests.test_proxy_sipp import read_trace
+from tests.test_proxy_sipp import Traced, read_trace
 from tests.testbed.process import free_port, wait_until
 from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory
@@ -141,6 +141,59 @@ def test_media_bypass_teams_client_reaches_rtpengine_by_ice(
     bed.signal_carrier(uac, invite)
     assert uac.finish().stats.all_ok
     bed.wait_no_sessions()
+    bed.sbc.wait_idle()
+
+
+def test_delayed_offer_is_anchored_offer_on_the_200_answer_on_the_ack(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """The carrier's INVITE and re-INVITE carry no SDP: Teams' offer in each 200 reaches the
+    carrier as rtpengine's RTP/AVP, the carrier's answer in each ACK reaches Teams as
+    rtpengine's RTP/SAVP with its key; media flows both ways after each."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_delayed.xml",
+        teams_keys=2,
+    )  # fmt: skip
+    assert bed.sessions() == []
+    uac = bed.call("uac_media_delayed.xml")
+    invite = bed.teams_received("INVITE")
+    assert "m=audio" not in invite.text
+    assert ";rtpe=" in (invite.header("Record-Route") or "")  # the instance, picked already
+
+    def carrier_got_200(count: int) -> Traced:
+        return bed.wait_for(
+            lambda: MediaBed.uac_messages(uac), f"the carrier's 200 #{count}",
+            lambda t: t.direction == "received" and t.status == 200 and t.cseq_method == "INVITE",
+            count=count,
+        )  # fmt: skip
+
+    for round_, key, marker in [
+        (1, bed.teams_keys[0], b"DELAYED"),
+        (2, bed.teams_keys[1], b"AGAIN"),
+    ]:
+        offer = audio(sdp_of(carrier_got_200(round_)))
+        assert offer.protocol == "RTP/AVP" and offer.address == "127.0.0.1"
+        assert offer.port != bed.teams_socket.getsockname()[1]  # rtpengine's, not Teams'
+        assert not [a for a in offer.attributes if a.startswith(("crypto", "rtcp-mux"))]
+        answer = audio(sdp_of(bed.teams_received("ACK", count=round_, sdp=True)))
+        assert answer.protocol == "RTP/SAVP"
+        rtpengine_key = crypto(answer, 1)  # rtpengine answers Teams' offer under its tag
+        assert rtpengine_key.suite == "AES_CM_128_HMAC_SHA1_80"
+        bed.media_both_ways(rtpengine_key, key, answer.port, marker)
+        bed.signal_carrier(uac, invite)  # round 1: re-INVITE without SDP; round 2: BYE
+        if round_ == 1:
+            assert "m=audio" not in bed.teams_received("INVITE", count=2).text
+
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
+    scrape = bed.sbc.metrics()
+    assert scrape.value("sbc_media_commands_total", command="pick", result="ok") == 1
+    assert scrape.value("sbc_media_commands_total", command="offer", result="ok") == 2
+    assert scrape.value("sbc_media_commands_total", command="answer", result="ok") == 2
+    assert scrape.value("sbc_media_parked") == 0
     bed.sbc.wait_idle()
 
 

@@ -171,6 +171,8 @@ class MediaDriver:
         if op is Op.DELETE:
             await relay.delete(call_id=command.call_id, from_tag=command.from_tag)
             return None
+        if op is Op.PICK:
+            return None  # the instance is the answer (a delayed offer: no session yet)
         await relay.command("query", {"call-id": command.call_id, "from-tag": command.from_tag})
         return None
 
