@@ -16,6 +16,7 @@ from pathlib import Path
 
 from teams_sbc.media.rtp import RtpPacket
 from teams_sbc.media.srtp import SdesKey
+from tests.media.peers import dtmf_event
 from tests.media.sipp_bed import (
     FAST_MEDIA,
     PCMU,
@@ -103,6 +104,41 @@ def test_carrier_call_early_media_and_both_directions(
     assert scrape.value("sbc_media_parked") == 0
     assert scrape.value("sbc_media_dialogs") == 0
     assert scrape.value("sbc_media_relay_up") == 1
+    bed.sbc.wait_idle()
+
+
+def test_rfc4733_events_pass_through_both_ways(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """DTMF as RFC 4733 telephone-event, passed through: the payload type the carrier offered
+    reaches Teams with its codec; a key press Teams sends (SRTP) reaches the carrier as plain
+    RTP, and the carrier's RTP carrying it back (its echo) reaches Teams decrypting to the same
+    payload type, marker, timestamp and event bytes."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_early_answer.xml"
+    )
+    uac = bed.call("uac_media_call.xml")
+    invite = bed.teams_received("INVITE")
+    offer = audio(sdp_of(invite))
+    assert offer.formats == ("0", "101")  # the carrier's codecs, in its order: no transcoding
+    assert "101 telephone-event/8000" in offer.attribute_values("rtpmap")
+    assert offer.attribute_values("fmtp") == ["101 0-16"]
+    rtpengine_key = crypto(offer, 1)
+    bed.teams_received("ACK")
+    bed.drain()
+    press = dtmf_event(9, ssrc=0xD7F0D7F0, first_seq=6000, timestamp=480000)
+    bed.send(bed.teams_key, press, offer.port)
+    back = bed.receive(rtpengine_key, len(press), want=lambda p: p.payload_type == 101)
+    assert sorted((p.sequence, p.marker, p.timestamp, p.payload) for p in back) == sorted(
+        (p.sequence, p.marker, p.timestamp, p.payload) for p in press
+    )
+
+    bed.signal_carrier(uac, invite)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
     bed.sbc.wait_idle()
 
 

@@ -21,6 +21,7 @@ from tests.media.peers import (
     audio,
     carrier_sdp,
     crypto_keys,
+    dtmf_event,
     pcmu_packets,
     pool_for,
     run,
@@ -126,6 +127,12 @@ def payloads(packets: list[RtpPacket]) -> list[tuple[int, int, bytes]]:
     return sorted((p.payload_type, p.sequence, p.payload) for p in packets)
 
 
+def events(packets: list[RtpPacket]) -> list[tuple[int, int, bool, int, bytes]]:
+    """What an RFC 4733 receiver reads: per packet in sequence order, its payload type,
+    marker, timestamp and event payload."""
+    return sorted((p.sequence, p.payload_type, p.marker, p.timestamp, p.payload) for p in packets)
+
+
 def test_carrier_rtp_becomes_teams_srtp_and_back(rtpengine: Rtpengine) -> None:
     async def scenario() -> None:
         async with started(pool_for(rtpengine)) as pool, anchored(pool, "pkt-1") as call:
@@ -146,10 +153,14 @@ def test_carrier_rtp_becomes_teams_srtp_and_back(rtpengine: Rtpengine) -> None:
             back = pcmu_packets(5, ssrc=0x22222222, first_seq=7000, marker=100)
             assert payloads(await call.teams_to_carrier(back)) == payloads(back)
 
-            # RFC 4733 events pass through untouched (payload type 101, 4-byte event).
-            event = RtpPacket(TELEPHONE_EVENT, 1005, 160 * 1005, 0x11111111, b"\x05\x8a\x03\x20")
-            (got,) = await call.carrier_to_teams([event])
-            assert (got.payload_type, got.payload) == (TELEPHONE_EVENT, event.payload)
+            # RFC 4733 events pass through untouched both ways: payload type 101, marker on
+            # the first packet, the end bit on the last three, the same 4-byte payloads.
+            press = dtmf_event(5, ssrc=0x11111111, first_seq=1005, timestamp=160 * 1005)
+            got = await call.carrier_to_teams(press)
+            assert events(got) == events(press)
+            assert all(p.payload_type == TELEPHONE_EVENT for p in got)
+            press = dtmf_event(11, ssrc=0x22222222, first_seq=7005, timestamp=160 * 7005)
+            assert events(await call.teams_to_carrier(press)) == events(press)
 
     run(scenario())
 
