@@ -14,6 +14,8 @@ import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from teams_sbc.media.rtp import RtpPacket
 from teams_sbc.media.srtp import SdesKey
 from tests.media.peers import dtmf_event
@@ -274,6 +276,100 @@ def test_call_from_teams_reaches_the_carrier_as_plain_rtp(
     assert uac.finish().stats.all_ok
     bed.wait_no_sessions()
     assert [t for t in read_trace(carrier_trace) if t.method == "BYE"]
+    bed.sbc.wait_idle()
+
+
+@pytest.mark.parametrize(
+    ("uac", "teams"),
+    [
+        ("uac_busy.xml", "uas_busy.xml"),  # Teams rejects: 486 relayed
+        ("uac_cancel.xml", "uas_ring_until_cancel.xml"),  # the carrier cancels: 487
+        ("uac_no_answer.xml", None),  # nobody answers: the SBC's timer B, 408
+    ],
+    ids=["rejected", "cancelled", "timed-out"],
+)
+def test_failed_call_leaves_no_session(
+    uac: str,
+    teams: str | None,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """A call whose INVITE went out with rtpengine's offer but never got a 2xx: the offer
+    made a session, the failure deletes it (rtpengine's list is empty again)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the INVITE, never answers
+    silent.bind(("127.0.0.1", 0))
+    callee = (
+        f"127.0.0.1:{silent.getsockname()[1]}"
+        if teams is None
+        else sipp_factory.uas(scenario=SCENARIOS / teams).address
+    )
+    engine = rtpengine_factory()
+    sbc = sbc_factory(
+        listeners=[
+            {"name": "carrier", "transport": "udp", "host": "127.0.0.1"},
+            {"name": "teams", "transport": "udp", "host": "127.0.0.1"},
+        ],
+        routes=[{"name": "to-teams", "from_listeners": ["carrier"],
+                 "next_hop": f"sip:{callee}", "listener": "teams"}],
+        media={"rtpengines": [{"address": engine.ng_address}], "teams_listeners": ["teams"],
+               **FAST_MEDIA},
+    )  # fmt: skip
+    try:
+        assert engine.client().list_calls() == []
+        run = sipp_factory.uac(
+            sbc.address("carrier"), calls=1, scenario=SCENARIOS / uac,
+            extra_args=["-mi", "127.0.0.1"],
+        )  # fmt: skip
+        assert run.stats.all_ok, run.error_path.read_text() if run.error_path.exists() else run
+        wait_until(lambda: engine.client().list_calls() == [], 5, "rtpengine to hold no session")
+        scrape = sbc.metrics()
+        assert scrape.value("sbc_media_commands_total", command="offer", result="ok") == 1
+        assert scrape.value("sbc_media_commands_total", command="delete", result="ok") == 1
+        assert scrape.value("sbc_media_parked") == 0
+        # A 486 or 487 leaves the INVITE client in Completed for timer D (32 s over UDP).
+        sbc.wait_idle(allow_invite_clients=0 if teams is None else 1)
+    finally:
+        silent.close()
+
+
+def test_call_from_teams_offering_the_32_bit_tag_first_is_answered_in_kind(
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """Microsoft's example offer: AES_CM_128_HMAC_SHA1_32 first, _80 second. rtpengine takes
+    the first (an answerer picks one of the offered keys, RFC 4568 7.1.2): its answer carries a
+    _32 key under Teams' tag 0, and media flows both ways under the 32-bit tags."""
+    first = SdesKey.generate("AES_CM_128_HMAC_SHA1_32", tag=0)
+    teams_32 = SdesKey(0, first.suite, first.key_salt, lifetime="2^31")
+    teams_80 = SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1)
+    bed, _carrier, carrier_trace = make_calls_from_teams_bed(
+        sbc_factory, sipp_factory, rtpengine_factory, teams_32
+    )
+    assert bed.sessions() == []
+    inline = [base64.b64encode(k.key_salt).decode().rstrip("=") for k in (teams_32, teams_80)]
+    uac = bed.sipp.start_uac(
+        bed.sbc.address("teams"),
+        scenario=SCENARIOS / "uac_teams_call_sdes.xml",
+        extra_args=["-key", "teams_port", str(bed.teams_socket.getsockname()[1]),
+                    "-key", "teams_key", inline[0], "-key", "teams_key2", inline[1]],
+    )  # fmt: skip
+    assert uac.message_path is not None
+    bed.teams_trace = uac.message_path
+    answer = audio(sdp_of(bed.teams_got(200)))
+    assert answer.protocol == "RTP/SAVP" and answer.rtcp_mux
+    (line,) = answer.attribute_values("crypto")
+    assert line.split()[:2] == ["0", "AES_CM_128_HMAC_SHA1_32"]
+    rtpengine_key = crypto(answer, 0)
+    invite = next(t for t in read_trace(carrier_trace) if t.method == "INVITE")
+    assert "crypto" not in invite.text and "RTP/AVP" in invite.text
+    bed.teams_sent_request("ACK")
+    bed.media_both_ways(rtpengine_key, teams_32, answer.port, b"SHA1-32")
+
+    bed.signal(uac.port, invite, bed.teams_messages)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
     bed.sbc.wait_idle()
 
 
