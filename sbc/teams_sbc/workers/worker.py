@@ -1,0 +1,31 @@
+"""One worker process: ``python -m teams_sbc.workers.worker``, started by the supervisor only.
+
+It reads its config and :class:`~teams_sbc.workers.seat.Seat` from standard input, then runs the
+same SBC as a single process does (``teams_sbc.app``), in its seat: every log line names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+import uvloop
+
+from teams_sbc.app import serve
+from teams_sbc.logs import setup_logging
+from teams_sbc.workers.seat import SeatFilter, read_handshake
+
+
+def main() -> int:
+    config, seat = read_handshake()
+    setup_logging(config.logging.level, config.logging.format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SeatFilter(seat.index))
+    with contextlib.suppress(KeyboardInterrupt):
+        return uvloop.run(serve(config, seat))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
