@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from teams_sbc.config import ConfigError, parse_config
+from teams_sbc.config import ConfigError, load_config, parse_config
 from teams_sbc.sip.peer import Peer
 from teams_sbc.sip.proxy import Proxy
 from teams_sbc.workers.aggregate import Aggregator
+from teams_sbc.workers.seat import Seat, handshake, read_handshake
 from tests.sip.test_proxy import UAC, UAS, Bench, answer, config, invite, only
 from tests.test_proxy_sipp import Traced, read_trace
 from tests.test_sbc_process import Reply, UdpPeer, new_call_id, request
@@ -394,6 +395,23 @@ def test_workers_must_be_a_positive_count() -> None:
     assert parse_config({"listeners": listeners, "workers": 2}).workers == 2
     with pytest.raises(ConfigError, match="workers"):
         parse_config({"listeners": listeners, "workers": 0})
+
+
+def test_a_worker_gets_the_whole_config_and_its_seat_through_its_pipe() -> None:
+    """What the supervisor writes is what the worker reads: every example config, Teams
+    section included, and the seat (its descriptors, its siblings' ports)."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    for example in sorted(examples.glob("*.yaml")):
+        config = load_config(example)
+        seat = Seat(1, "/tmp/w1.sock", {"udp": 7}, {"udp": [40000, 41000]})
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, handshake(config, seat) + b"more for later")
+            assert read_handshake(read_end) == (config, seat), example
+            assert os.read(read_end, 100) == b"more for later", "read past its line"
+        finally:
+            os.close(read_end)
+            os.close(write_end)
 
 
 # -- the proxy core as two workers (sans-IO) ------------------------------------------------------
