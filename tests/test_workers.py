@@ -27,6 +27,7 @@ from teams_sbc.sip.peer import Peer
 from teams_sbc.sip.proxy import Proxy
 from teams_sbc.workers.aggregate import Aggregator
 from teams_sbc.workers.seat import Seat, handshake, read_handshake
+from teams_sbc.workers.supervisor import restart_delay
 from tests.sip.test_proxy import UAC, UAS, Bench, answer, config, invite, only
 from tests.test_proxy_sipp import Traced, read_trace
 from tests.test_sbc_process import Reply, UdpPeer, new_call_id, request
@@ -387,6 +388,11 @@ def test_a_listener_address_in_use_stops_the_start_with_its_name(tmp_path: Path)
     assert proc.returncode == 1, proc.stderr
     assert "listener 'edge' cannot bind" in proc.stderr and "Traceback" not in proc.stderr
     assert "worker started" not in proc.stderr
+
+
+def test_a_worker_that_keeps_ending_is_restarted_ever_more_slowly() -> None:
+    assert [restart_delay(n) for n in range(9)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert restart_delay(10_000) == 30
 
 
 def test_workers_must_be_a_positive_count() -> None:

@@ -140,10 +140,10 @@ class Supervisor:
             try:
                 self._check_listeners_free()
                 self._slots = self._seats()
+                await self._start_http()
             except SupervisorError as exc:
                 log.error("cannot start the workers: %s", exc)
                 return 1
-            await self.http.start()
             for slot in self._slots:
                 slot.session = aiohttp.ClientSession(
                     connector=aiohttp.UnixConnector(path=slot.seat.health_path)
@@ -167,6 +167,15 @@ class Supervisor:
             return await self._drain()
         finally:
             await self._close()
+
+    async def _start_http(self) -> None:
+        http = self.config.http
+        try:
+            await self.http.start()
+        except OSError as exc:
+            raise SupervisorError(
+                f"the HTTP endpoints cannot bind {http.host}:{http.port}: {exc.strerror or exc}"
+            ) from exc
 
     async def _wait_started(self) -> bool:
         """Until every worker answers /readyz with 200; False if one ends or time runs out."""
@@ -316,11 +325,7 @@ class Supervisor:
             lived = loop.time() - slot.started_at
             if lived >= STABLE_AFTER:
                 slot.quick_failures = 0
-            delay = (
-                0.0
-                if slot.quick_failures == 0
-                else min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (slot.quick_failures - 1))
-            )
+            delay = restart_delay(slot.quick_failures)
             slot.quick_failures += 1
             self.restarts.labels(worker=str(slot.index)).inc()
             log.error(
@@ -381,6 +386,14 @@ class Supervisor:
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
             await self._refresh()
+
+
+def restart_delay(quick_failures: int) -> float:
+    """How long to wait before restarting a worker that ended after ``quick_failures`` earlier
+    ends in a row, each within STABLE_AFTER of its start: at once, then 0.5 s doubling to 30 s."""
+    if quick_failures == 0:
+        return 0.0
+    return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(quick_failures - 1, 16)))
 
 
 def _family(listener: Listener) -> socket.AddressFamily:
