@@ -447,6 +447,8 @@ def trace_messages(trace: Path) -> Iterator[tuple[float, bool, str, dict[str, st
         for line in lines:
             if not line.startswith("-----------------------------------------------"):
                 continue
+            if not line.strip("- \n"):
+                continue  # sipp's "Dead call ... received" note: no timestamp, not a message
             stamp = datetime.fromisoformat(line.strip("- \n")).timestamp()
             outgoing = "message sent" in next(lines, "")
             start = ""
