@@ -109,10 +109,9 @@ class ProcSample:
 
 
 def group_sample(pgid: int) -> ProcSample:
-    """Sum /proc/PID/stat over every process of group ``pgid`` (a part and what it forked)."""
-    cpu = 0
-    rss = 0
-    pids = []
+    """Sum /proc/PID/stat over every process of group ``pgid`` (a part and what it forked) and
+    their descendants in other groups (the SBC's workers run in sessions of their own)."""
+    stats: dict[int, tuple[int, int, list[bytes]]] = {}  # pid -> (ppid, pgid, fields)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -122,12 +121,19 @@ def group_sample(pgid: int) -> ProcSample:
         except OSError:  # gone meanwhile
             continue
         fields = raw[raw.rindex(b")") + 2 :].split()
-        if int(fields[2]) != pgid:
-            continue
-        pids.append(int(entry))
+        stats[int(entry)] = (int(fields[1]), int(fields[2]), fields)
+    members = {pid for pid, (_, group, _) in stats.items() if group == pgid}
+    grown = True
+    while grown:
+        more = {pid for pid, (ppid, _, _) in stats.items() if ppid in members} - members
+        members |= more
+        grown = bool(more)
+    cpu = rss = 0
+    for pid in members:
+        fields = stats[pid][2]
         cpu += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
         rss += int(fields[21]) * PAGE
-    return ProcSample(cpu / TICK, rss, tuple(sorted(pids)))
+    return ProcSample(cpu / TICK, rss, tuple(sorted(members)))
 
 
 def allowed_cpus(pids: tuple[int, ...]) -> set[str]:

@@ -364,6 +364,28 @@ def test_sigterm_to_the_supervisor_drains_every_worker_then_exits_0(
     assert not [r for r in records if r.get("msg") == "worker ended unasked: restarting"]
 
 
+def test_workers_of_a_killed_supervisor_drain_and_exit_on_their_own(
+    sbc_factory: SbcFactory, sipp_factory: SippFactory
+) -> None:
+    """SIGKILL to the supervisor (nothing forwarded): each worker sees its pipe close, drains
+    and exits, so no orphan keeps the listener."""
+    sbc, _uas, _trace = start_pair(sbc_factory, sipp_factory)
+    pids = sbc.worker_pids()
+    sbc.signal_main(signal.SIGKILL)
+    wait_until(lambda: not any(alive(pid) for pid in pids.values()), 15, "the workers to exit")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", sbc.port("udp")))  # free: nobody holds it any more
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a parent that will not wait)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 # -- refusals -----------------------------------------------------------------------------------
 
 

@@ -191,9 +191,9 @@ async def serve(config: SbcConfig, seat: Seat | None = None) -> int:
         on_supervisor_gone(loop, stop.set)
     await stop.wait()
     if seat is not None:
-        # A worker hears SIGTERM twice when the whole process group is signalled (from the
-        # sender, and forwarded by the supervisor): the second must not kill it once its loop
-        # has closed and the default action is back. It is draining already.
+        # A worker may hear SIGTERM twice (from a sender that signals it directly, and forwarded
+        # by the supervisor): the second must not kill it once its loop has closed and the
+        # default action is back. It is draining already.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     await sbc.drain(config.drain_seconds)
     await sbc.stop()

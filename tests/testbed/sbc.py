@@ -6,10 +6,10 @@ Tests reach it as any user would: SIP on the listeners' ports, HTTP on ``/health
 ``/readyz`` and ``/metrics`` (parsed by :meth:`SbcProcess.metrics`), its JSON log lines
 (:meth:`SbcProcess.log_records`) and its exit code after SIGTERM.
 
-With ``workers: N`` in its config it is a supervisor and N worker processes:
-:meth:`SbcProcess.worker_pids` reads which process holds each worker seat from the supervisor's
-log, and :meth:`SbcProcess.signal_main` signals the supervisor alone (a SIGTERM from Kubernetes
-reaches only the container's main process; :meth:`ManagedProcess.signal` signals the group).
+With ``workers: N`` in its config it is a supervisor and N worker processes, each worker in a
+session of its own: :meth:`SbcProcess.worker_pids` reads which process holds each worker seat
+from the supervisor's log, and :meth:`SbcProcess.signal_main` signals the ``teams-sbc run``
+process alone (as Kubernetes does: only the container's main process gets SIGTERM).
 """
 
 from __future__ import annotations

@@ -288,6 +288,11 @@ class Supervisor:
             WORKER_MODULE,
             stdin=asyncio.subprocess.PIPE,
             pass_fds=list(slot.seat.private_fds.values()),
+            # A session of its own: where the kernel shares CPU time out by session (autogroup,
+            # for processes outside any cgroup of their own), N workers in one session would get
+            # the share of one process. Signals reach workers through the supervisor, and a
+            # worker whose supervisor is gone drains on its own (its standard input closes).
+            start_new_session=True,
         )
         assert proc.stdin is not None
         # The pipe stays open: its end tells the worker the supervisor is gone.
