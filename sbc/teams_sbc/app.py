@@ -23,6 +23,9 @@ import uvloop
 from teams_sbc.config import SbcConfig
 from teams_sbc.health import HealthServer
 from teams_sbc.logs import setup_logging
+from teams_sbc.media.commands import MediaResult
+from teams_sbc.media.driver import MediaDriver
+from teams_sbc.media.metrics import MediaMetrics
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import Proxy
@@ -39,7 +42,15 @@ class Sbc:
         self.config = config
         self.seat = seat
         self.metrics = Metrics()
-        self.core = Proxy(config, self.metrics)
+        # Media (docs/media.md): the core parks messages on rtpengine; the driver runs the
+        # commands and feeds the results back (_media_done).
+        self.media: MediaDriver | None = None
+        media_metrics = MediaMetrics(self.metrics.registry) if config.media else None
+        self.core = Proxy(config, self.metrics, media_metrics=media_metrics)
+        if config.media is not None and media_metrics is not None:
+            self.media = MediaDriver(
+                config.media, media_metrics, self._media_done, self._media_timeout
+            )
         self.transports = TransportLayer(
             config.listeners,
             self._on_message,
@@ -54,6 +65,7 @@ class Sbc:
             config.http.port,
             self.metrics,
             self.readiness,
+            routes=self.media.routes() if self.media is not None else (),
             unix_path=seat.health_path if seat is not None else None,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -66,6 +78,8 @@ class Sbc:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.media is not None:
+            await self.media.start()
         await self.transports.start()
         self.core.set_bound_addresses(
             self.transports.bound,
@@ -75,7 +89,8 @@ class Sbc:
         await self.health.start()
         if self.transports.tls:
             self._reloader = asyncio.get_running_loop().create_task(self._reload_tls())
-        self.metrics.ready.set(1)
+        # Read at scrape time: 0 while draining, or while no rtpengine can anchor a call.
+        self.metrics.ready.set_function(lambda: float(self.readiness()[0]))
         log.info(
             "sbc started",
             extra={
@@ -97,6 +112,8 @@ class Sbc:
 
     def readiness(self) -> tuple[bool, list[str]]:
         reasons = self.core.not_ready_reasons()
+        if self.media is not None:
+            reasons += self.media.readiness_reasons()
         return (not reasons, reasons)
 
     async def drain(self, grace: float) -> None:
@@ -122,6 +139,8 @@ class Sbc:
             self._reloader.cancel()
         await self.transports.close()
         await self.health.stop()
+        if self.media is not None:
+            await self.media.close()
 
     # -- the core's driver --------------------------------------------------------------------
 
@@ -134,6 +153,17 @@ class Sbc:
         assert self._loop is not None
         self.core.send_failed(out, self._loop.time())
         self._flush()
+
+    def _media_done(self, command_id: int, result: MediaResult) -> None:
+        assert self._loop is not None
+        self.core.media_done(command_id, result, self._loop.time())
+        self._flush()
+
+    def _media_timeout(self, call_id: str, from_tag: str | None, to_tag: str | None) -> int:
+        assert self._loop is not None
+        count = self.core.media_timeout(call_id, from_tag, to_tag, self._loop.time())
+        self._flush()
+        return count
 
     def _on_timer(self) -> None:
         assert self._loop is not None
@@ -150,6 +180,9 @@ class Sbc:
             send = self.transports.send
             for out in outbox:
                 send(out)
+        if self.core.media_commands and self.media is not None:
+            commands, self.core.media_commands = self.core.media_commands, []
+            self.media.submit(commands)
         # The loop timer is only moved EARLIER. Most messages push the core's next deadline
         # later (a timer stopped by a response), and re-arming for each would cost a loop
         # timer per message; a timer that fires early instead finds nothing due, and

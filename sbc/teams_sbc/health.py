@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,6 +19,8 @@ from teams_sbc.metrics import Metrics
 
 #: Returns (ready, reasons-not-ready).
 ReadinessCheck = Callable[[], tuple[bool, list[str]]]
+#: (method, path, handler) served beside the probes, e.g. rtpengine's media-timeout callback.
+ExtraRoute = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 
 class HealthServer:
@@ -28,6 +30,7 @@ class HealthServer:
         port: int,
         metrics: Metrics | None,
         readiness: ReadinessCheck,
+        routes: Sequence[ExtraRoute] = (),
         *,
         unix_path: str | None = None,
     ) -> None:
@@ -35,6 +38,7 @@ class HealthServer:
         self.port = port
         self.metrics = metrics
         self.readiness = readiness
+        self.routes = list(routes)
         #: Serve on this unix socket instead of host:port (a worker, for its supervisor).
         self.unix_path = unix_path
         self._runner: web.AppRunner | None = None
@@ -45,6 +49,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        for method, path, handler in self.routes:
+            app.router.add_route(method, path, handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         if self.unix_path is not None:
