@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,12 @@ from teams_sbc.sip.proxy import Proxy
 from teams_sbc.workers.aggregate import Aggregator
 from teams_sbc.workers.seat import Seat, handshake, read_handshake
 from teams_sbc.workers.supervisor import restart_delay
+from tests.media.sipp_bed import make_media_bed
 from tests.sip.test_proxy import UAC, UAS, Bench, answer, config, invite, only
 from tests.test_proxy_sipp import Traced, read_trace
 from tests.test_sbc_process import Reply, UdpPeer, new_call_id, request
 from tests.testbed.process import free_port, wait_until
+from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory, SbcProcess, teams_sbc_command
 from tests.testbed.sipp import SippFactory, SippUas, Transport, UacRun
 
@@ -384,6 +387,36 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_media_timeout_callback_reaches_the_worker_that_holds_the_call(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: Callable[..., Rtpengine],
+) -> None:
+    """rtpengine calls the HTTP port back (the supervisor's): it passes the call to every
+    worker, the one that set the call up sends both parties a BYE with the Reason, and
+    rtpengine gets that worker's answer. As tests/test_media_calls.py, with two workers."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_early_answer.xml",
+        rtpengine_args=["--timeout=3"], sbc_config=WORKERS,
+    )  # fmt: skip
+    uac = bed.call("uac_media_timeout.xml", echo=False)
+    invite = bed.teams_received("INVITE")
+    bye = bed.teams_received("BYE")
+    assert bye.header("Reason") == 'Q.850;cause=102;text="media timeout"'
+    assert bye.header("Call-ID") == invite.header("Call-ID")
+    run = uac.finish()
+    assert run.stats.all_ok, run.error_path
+    bed.wait_no_sessions()
+    scrape = bed.sbc.metrics()
+    assert scrape.value("sbc_media_timeout_teardowns_total") == 1
+    assert scrape.value("sbc_media_dialogs") == 0
+    logged = [r for r in bed.sbc.log_records() if r["msg"] == "media timeout: call torn down"]
+    assert [r["call_id"] for r in logged] == [invite.header("Call-ID")]
+    assert logged[0]["worker"] in (0, 1)
+    bed.sbc.wait_idle()
 
 
 # -- refusals -----------------------------------------------------------------------------------

@@ -25,12 +25,14 @@ from pathlib import Path
 
 import aiohttp
 import uvloop
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import Metric
 
 from teams_sbc.config import Listener, SbcConfig
-from teams_sbc.health import HealthServer
+from teams_sbc.health import ExtraRoute, HealthServer
 from teams_sbc.logs import setup_logging
+from teams_sbc.media.driver import TIMEOUT_PATH, callback_sources
 from teams_sbc.workers.aggregate import Aggregator
 from teams_sbc.workers.seat import Seat, handshake
 
@@ -52,6 +54,8 @@ PROBE_TIMEOUT = 2.0
 #: On drain, workers get ``drain_seconds`` plus this before they are killed.
 DRAIN_MARGIN = 5.0
 _BUFFER = 4 * 1024 * 1024
+#: The largest media-timeout callback passed on (an XMLRPC call naming one dialog).
+_CALLBACK_BYTES = 16384
 
 
 class SupervisorError(Exception):
@@ -93,7 +97,10 @@ class _Exposition:
 class _SupervisorHttp(HealthServer):
     def __init__(self, supervisor: Supervisor) -> None:
         http = supervisor.config.http
-        super().__init__(http.host, http.port, None, lambda: (False, ["starting"]))
+        routes: list[ExtraRoute] = []
+        if supervisor.config.media is not None:
+            routes.append(("POST", TIMEOUT_PATH, supervisor.media_timeout))
+        super().__init__(http.host, http.port, None, lambda: (False, ["starting"]), routes)
         self.supervisor = supervisor
 
     async def ready(self) -> tuple[bool, list[str]]:
@@ -373,6 +380,44 @@ class Supervisor:
         if not self._slots:
             reasons.append("starting")
         return not reasons, reasons
+
+    async def media_timeout(self, request: web.Request) -> web.Response:
+        """rtpengine's media-timeout callback (docs/media.md) reaches the HTTP port, so the
+        supervisor: it checks the source as a worker would, hands the call to every worker,
+        and answers with the reply of the one that knew the call (else a worker's fault)."""
+        media = self.config.media
+        assert media is not None
+        if request.remote not in callback_sources(media):
+            log.warning("media-timeout callback refused from %s", request.remote)
+            return web.Response(status=403, text="not an rtpengine of this SBC\n")
+        body = await request.content.read(_CALLBACK_BYTES + 1)
+        if len(body) > _CALLBACK_BYTES:
+            return web.Response(status=413, text="request too large\n")
+        kind = request.headers.get("Content-Type", "text/xml")
+        answers = await asyncio.gather(
+            *(self._post(s, request.path, body, kind) for s in self._slots)
+        )
+        replies = [a for a in answers if a is not None]
+        if not replies:
+            return web.Response(status=503, text="no worker answered\n")
+        chosen = next((r for r in replies if r[0] == 200 and b"<fault>" not in r[2]), replies[0])
+        return web.Response(status=chosen[0], body=chosen[2], content_type=chosen[1])
+
+    async def _post(
+        self, slot: _Slot, path: str, body: bytes, kind: str
+    ) -> tuple[int, str, bytes] | None:
+        if not slot.running() or slot.session is None:
+            return None
+        try:
+            async with slot.session.post(
+                f"http://worker{path}",
+                data=body,
+                headers={"Content-Type": kind},
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
+            ) as reply:
+                return reply.status, reply.content_type, await reply.read()
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
 
     async def exposition(self) -> bytes:
         await self._refresh()
