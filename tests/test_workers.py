@@ -378,6 +378,9 @@ def test_workers_of_a_killed_supervisor_drain_and_exit_on_their_own(
     wait_until(lambda: not any(alive(pid) for pid in pids.values()), 15, "the workers to exit")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind(("127.0.0.1", sbc.port("udp")))  # free: nobody holds it any more
+    sockets = {r["http_socket"] for r in sbc.log_records() if "http_socket" in r}
+    assert sockets, "the supervisor logs where the workers' sockets are"
+    assert not any(Path(path).parent.exists() for path in sockets), "left behind"
 
 
 def alive(pid: int) -> bool:

@@ -68,6 +68,9 @@ class HealthServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.unix_path)
 
     # -- what each endpoint answers (the supervisor overrides these) ---------------------------
 

@@ -311,7 +311,12 @@ class Supervisor:
         self.up.labels(worker=str(slot.index)).set(1)
         log.info(
             "worker started",
-            extra={"worker": slot.index, "pid": proc.pid, "generation": slot.generation},
+            extra={
+                "worker": slot.index,
+                "pid": proc.pid,
+                "generation": slot.generation,
+                "http_socket": slot.seat.health_path,
+            },
         )
 
     async def _keep(self, slot: _Slot) -> None:

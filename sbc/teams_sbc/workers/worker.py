@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 
 import uvloop
@@ -22,9 +23,15 @@ def main() -> int:
     setup_logging(config.logging.level, config.logging.format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(SeatFilter(seat.index))
-    with contextlib.suppress(KeyboardInterrupt):
-        return uvloop.run(serve(config, seat))
-    return 0
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return uvloop.run(serve(config, seat))
+        return 0
+    finally:
+        # The supervisor removes the directory of the workers' sockets; if it was killed, the
+        # last worker out does (each removed its own socket when it stopped serving).
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(seat.health_path))
 
 
 if __name__ == "__main__":
