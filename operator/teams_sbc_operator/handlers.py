@@ -85,7 +85,7 @@ def tenants_by_trunk(
 # -- trunks ----------------------------------------------------------------------------------
 
 
-@kopf.daemon(GROUP, VERSION, "teamstrunks", cancellation_timeout=30.0)
+@kopf.daemon(GROUP, VERSION, "teamstrunks", cancellation_backoff=10.0, cancellation_timeout=30.0)
 async def trunk_daemon(
     *, namespace: str | None, name: str, body: kopf.Body, stopped: Any, **kwargs: Any
 ) -> None:

@@ -1,0 +1,220 @@
+"""DNS records as the operator writes them into a real bind9 (RFC 2136 with TSIG), checked by
+asking that authoritative server: A/AAAA for the base and every tenant FQDN, nobody else's record
+touched, records following address and tenant changes, removed by the finalizers, and an
+unreachable server reported and retried without blocking the rest."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.operator.conftest import Kube, Operator, tenant_manifest, trunk_manifest
+from tests.testbed import dns as dns_testbed
+from tests.testbed.dns import DnsServer, TsigKey
+from tests.testbed.process import wait_until
+
+FINALIZER = "sbc.teams-sbc.io/dns-records"
+
+
+@pytest.fixture
+def named(tmp_path: Path) -> Iterator[DnsServer]:
+    """named for sbc.test. with a record of its own at keep and one at taken.sbc1."""
+    server = DnsServer(
+        tmp_path / "named", records=["keep IN A 192.0.2.99", "taken.sbc1 IN A 192.0.2.5"]
+    )
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def tsig_secret(namespace: str, key: TsigKey, name: str = "tsig") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"secret": base64.b64encode(key.secret.encode()).decode()},
+    }
+
+
+def dns_spec(server: DnsServer, port: int | None = None) -> dict[str, Any]:
+    return {
+        "rfc2136": {
+            "server": server.host,
+            "port": port or server.port,
+            "zone": "sbc.test",
+            "tsigKeyName": server.key.name,
+            "tsigSecretRef": {"name": "tsig"},
+            "ttl": 60,
+        }
+    }
+
+
+def a(server: DnsServer, name: str) -> set[str]:
+    return server.records_of(name, "A")
+
+
+def eventually(check: Any, what: str, operator: Operator, timeout: float = 30) -> None:
+    wait_until(check, timeout, what, operator.proc, interval=0.2)
+
+
+def test_records_follow_the_trunk_and_its_tenants(
+    kube: Kube, operator: Operator, named: DnsServer
+) -> None:
+    ns = kube.namespace
+    kube.apply(
+        tsig_secret(ns, named.key),
+        trunk_manifest(
+            ns,
+            certificate={"devCA": True},
+            publicAddresses=["198.51.100.7", "2001:db8::7"],
+            dns=dns_spec(named),
+        ),
+        tenant_manifest(ns, "contoso"),
+        tenant_manifest(ns, "fabrikam"),
+        tenant_manifest(ns, "taken"),
+    )
+    cond = kube.wait_condition("teamstrunk", "sbc1", "DNSReady", proc=operator.proc)
+    assert "198.51.100.7" in cond["message"] and "refused" in cond["message"]
+    for name in ("sbc1.sbc.test", "contoso.sbc1.sbc.test", "fabrikam.sbc1.sbc.test"):
+        assert a(named, name) == {"198.51.100.7"}
+        assert named.records_of(name, "AAAA") == {"2001:db8::7"}
+        assert named.records_of(f"_teams-sbc-owner.{name}", "TXT") == {
+            f'"heritage=teams-sbc,owner={ns}/sbc1"'
+        }
+    # Someone else's records: left as they were, and the tenant is told why.
+    assert a(named, "taken.sbc1.sbc.test") == {"192.0.2.5"}
+    assert a(named, "keep.sbc.test") == {"192.0.2.99"}
+    refused = kube.wait_condition(
+        "teamstenant", "taken", "DNSReady", "False", reason="RecordsNotOwned", proc=operator.proc
+    )
+    assert "taken.sbc1.sbc.test" in refused["message"]
+    published = kube.wait_condition("teamstenant", "contoso", "DNSReady", proc=operator.proc)
+    assert published["message"] == "contoso.sbc1.sbc.test -> 198.51.100.7, 2001:db8::7"
+    assert FINALIZER in kube.must("teamstenant", "contoso")["metadata"]["finalizers"]
+    assert sorted(kube.status("teamstrunk", "sbc1")["dns"]["names"]) == [
+        "contoso.sbc1.sbc.test", "fabrikam.sbc1.sbc.test", "sbc1.sbc.test",
+    ]  # fmt: skip
+
+    # A new address: every record follows.
+    kube.apply(
+        trunk_manifest(
+            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.8"], dns=dns_spec(named)
+        )
+    )
+    eventually(lambda: a(named, "fabrikam.sbc1.sbc.test") == {"198.51.100.8"}, "new A", operator)
+    assert a(named, "sbc1.sbc.test") == {"198.51.100.8"}
+    assert named.records_of("sbc1.sbc.test", "AAAA") == set()
+
+    # A tenant deleted: its record goes, then the tenant (its finalizer waited for DNS).
+    kube.delete("teamstenant", "fabrikam")
+    eventually(lambda: kube.get("teamstenant", "fabrikam") is None, "fabrikam gone", operator)
+    assert a(named, "fabrikam.sbc1.sbc.test") == set()
+    assert named.records_of("_teams-sbc-owner.fabrikam.sbc1.sbc.test", "TXT") == set()
+    assert a(named, "contoso.sbc1.sbc.test") == {"198.51.100.8"}
+
+    # The trunk deleted: all its records go, nobody else's; its tenants are told.
+    kube.delete("teamstrunk", "sbc1")
+    eventually(lambda: kube.get("teamstrunk", "sbc1") is None, "trunk gone", operator)
+    assert a(named, "sbc1.sbc.test") == set()
+    assert a(named, "contoso.sbc1.sbc.test") == set()
+    assert named.records_of("_teams-sbc-owner.sbc1.sbc.test", "TXT") == set()
+    assert a(named, "taken.sbc1.sbc.test") == {"192.0.2.5"}
+    assert a(named, "keep.sbc.test") == {"192.0.2.99"}
+    kube.wait_condition(
+        "teamstenant", "contoso", "TrunkFound", "False", reason="TrunkNotFound", proc=operator.proc
+    )
+    assert FINALIZER not in (
+        kube.must("teamstenant", "contoso")["metadata"].get("finalizers") or []
+    )
+    reasons = [e["reason"] for e in kube.events("sbc1")]
+    assert "DNSRecordPublished" in reasons and "DNSRecordRemoved" in reasons
+
+
+def test_renamed_subdomain_moves_its_record(
+    kube: Kube, operator: Operator, named: DnsServer
+) -> None:
+    ns = kube.namespace
+    kube.apply(
+        tsig_secret(ns, named.key),
+        trunk_manifest(
+            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.7"], dns=dns_spec(named)
+        ),
+        tenant_manifest(ns, "contoso"),
+    )
+    eventually(lambda: a(named, "contoso.sbc1.sbc.test") == {"198.51.100.7"}, "record", operator)
+    kube.apply(tenant_manifest(ns, "contoso", subdomain="contoso-eu"))
+    eventually(lambda: a(named, "contoso-eu.sbc1.sbc.test") == {"198.51.100.7"}, "moved", operator)
+    eventually(lambda: a(named, "contoso.sbc1.sbc.test") == set(), "old name removed", operator)
+    status = kube.status("teamstenant", "contoso")
+    assert status["fqdn"] == "contoso-eu.sbc1.sbc.test"
+
+
+def test_unreachable_server_is_reported_retried_and_blocks_nothing_else(
+    kube: Kube, operator: Operator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = kube.namespace
+    first = DnsServer(tmp_path / "named-1").start()
+    port, key = first.port, first.key
+    first.stop()  # nothing answers on that port now
+    kube.apply(
+        tsig_secret(ns, key),
+        trunk_manifest(
+            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.7"], dns=dns_spec(first)
+        ),
+        tenant_manifest(ns, "contoso"),
+    )
+    cond = kube.wait_condition(
+        "teamstrunk", "sbc1", "DNSReady", "False", reason="DNSServerUnreachable",
+        proc=operator.proc,
+    )  # fmt: skip
+    assert f"127.0.0.1:{port}" in cond["message"] and "retrying in" in cond["message"]
+    # Nothing else waited for DNS: the config and the certificate are there.
+    assert kube.condition("teamstrunk", "sbc1", "ConfigApplied")["status"] == "True"  # type: ignore[index]
+    assert kube.condition("teamstrunk", "sbc1", "CertificateReady")["status"] == "True"  # type: ignore[index]
+    assert kube.get("configmap", "sbc1-sbc-config") is not None
+    tenant = kube.wait_condition(
+        "teamstenant", "contoso", "DNSReady", "False", reason="DNSServerUnreachable",
+        proc=operator.proc,
+    )  # fmt: skip
+    assert "retrying" in tenant["message"]
+
+    # Retried by itself (no change to any object), with back-off.
+    errors = 'teams_sbc_operator_errors_total{reason="DNSServerUnreachable",step="dns"}'
+    eventually(lambda: operator.metrics().get(errors, 0) >= 3, "three attempts", operator)
+
+    # The server comes back on the same port: the next retry publishes the records.
+    monkeypatch.setattr(dns_testbed, "free_port_both", lambda host="127.0.0.1": port)
+    second = DnsServer(tmp_path / "named-2", key=key).start()
+    try:
+        assert second.port == port
+        kube.wait_condition("teamstrunk", "sbc1", "DNSReady", timeout=60, proc=operator.proc)
+        assert a(second, "sbc1.sbc.test") == {"198.51.100.7"}
+        assert a(second, "contoso.sbc1.sbc.test") == {"198.51.100.7"}
+    finally:
+        second.stop()
+
+
+def test_tsig_problems_are_conditions(kube: Kube, operator: Operator, named: DnsServer) -> None:
+    ns = kube.namespace
+    kube.apply(
+        trunk_manifest(
+            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.7"], dns=dns_spec(named)
+        )
+    )
+    cond = kube.wait_condition(
+        "teamstrunk", "sbc1", "DNSReady", "False", reason="TSIGSecretNotFound", proc=operator.proc
+    )
+    assert "'tsig'" in cond["message"]
+    kube.apply(tsig_secret(ns, TsigKey.generate(named.key.name)))
+    cond = kube.wait_condition(
+        "teamstrunk", "sbc1", "DNSReady", "False", reason="TSIGRefused", proc=operator.proc
+    )
+    assert named.key.name in cond["message"]
+    kube.apply(tsig_secret(ns, named.key))
+    kube.wait_condition("teamstrunk", "sbc1", "DNSReady", timeout=60, proc=operator.proc)
+    assert a(named, "sbc1.sbc.test") == {"198.51.100.7"}
