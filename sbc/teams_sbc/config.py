@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from teams_sbc.teams.config import TeamsConfig
+
 Transport = Literal["udp", "tcp", "tls"]
 
 
@@ -179,6 +181,11 @@ class SbcConfig(_Model):
     drain_seconds: float = Field(
         default=32.0, ge=0, description="On SIGTERM, how long open transactions may take to finish."
     )
+    teams: TeamsConfig | None = Field(
+        default=None,
+        description="The Teams Direct Routing edge (docs/policies.md); without it the SBC is a "
+        "plain SIP proxy between its listeners.",
+    )
 
     @field_validator("listeners")
     @classmethod
@@ -195,6 +202,21 @@ class SbcConfig(_Model):
             unknown = [n for n in [*route.from_listeners, route.listener] if n and n not in names]
             if unknown:
                 raise ValueError(f"route {route.name!r} names unknown listeners {unknown}")
+        if self.teams is not None:
+            by_name = {listener.name: listener for listener in self.listeners}
+            teams = by_name.get(self.teams.teams_listener)
+            if teams is None or teams.tls is None:
+                raise ValueError(
+                    f"teams.teams_listener {self.teams.teams_listener!r} must name a tls listener"
+                )
+            if not teams.tls.verify_peer:
+                raise ValueError("the Teams listener needs tls.verify_peer (mutual TLS)")
+            if self.teams.carrier_listener not in by_name:
+                raise ValueError(
+                    f"teams.carrier_listener {self.teams.carrier_listener!r} is not a listener"
+                )
+            if self.teams.carrier_listener == self.teams.teams_listener:
+                raise ValueError("teams.carrier_listener and teams.teams_listener must differ")
         return self
 
 

@@ -26,11 +26,14 @@ Example: `examples/sbc.yaml`.
 
 def _type_name(annotation: Any) -> str:
     origin = getattr(annotation, "__origin__", None)
-    args = getattr(annotation, "__args__", ())
+    args: tuple[Any, ...] = getattr(annotation, "__args__", ())
     if origin is Literal:
         text = " or ".join(json.dumps(a) for a in args)
     elif origin is list and args:
         text = f"list of {_type_name(args[0])}"
+    elif origin is dict and len(args) == 2:
+        key, value = args
+        text = f"map of {_type_name(key)} to {_type_name(value)}"
     elif args:
         text = " or ".join(_type_name(a) for a in args)
     else:
@@ -59,7 +62,8 @@ def _section(model: type[BaseModel], path: str, out: list[str], seen: set[str]) 
         for arg in (annotation, *getattr(annotation, "__args__", ())):
             if isinstance(arg, type) and issubclass(arg, BaseModel) and arg.__name__ not in seen:
                 seen.add(arg.__name__)
-                suffix = "[]" if getattr(annotation, "__origin__", None) is list else ""
+                origin = getattr(annotation, "__origin__", None)
+                suffix = "[]" if origin is list else ".<name>" if origin is dict else ""
                 nested.append(
                     (arg, f"{path}.{name}{suffix}" if path != "(top level)" else name + suffix)
                 )
