@@ -81,12 +81,30 @@ class SbcSpec:
     rtpengine_image: str | None
     teams_port: int
     carrier_port: int
+    carrier_address: str | None
     host_network: bool
     node_selector: dict[str, str]
     tolerations: list[dict[str, Any]]
     resources: dict[str, Any]
     service_type: str
     service_annotations: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ProxyOverride:
+    """One of Microsoft's SIP proxies with the address to reach it at instead of DNS."""
+
+    name: str
+    address: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class TeamsSpec:
+    proxies: tuple[ProxyOverride, ...] = ()
+    allow_sources: tuple[str, ...] | None = None
+    tenant_header: str | None = None
+    unknown_tenant_status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,9 @@ class Trunk:
     media_port_min: int
     media_port_max: int
     sbc: SbcSpec
+    teams: TeamsSpec = TeamsSpec()
+    #: Named policies as the CRD spells them (camelCase), by name.
+    policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     deleting: bool = False
 
     @property
@@ -135,6 +156,8 @@ class Trunk:
         sbc = spec.get("sbc") or {}
         service = sbc.get("service") or {}
         media = spec.get("media") or {}
+        teams = spec.get("teams") or {}
+        allow = teams.get("allowSources")
         return cls(
             namespace=str(meta.get("namespace") or "default"),
             name=name,
@@ -180,6 +203,7 @@ class Trunk:
                 rtpengine_image=sbc.get("rtpengineImage"),
                 teams_port=int(_get(sbc, "teamsPort", 5061)),
                 carrier_port=int(_get(sbc, "carrierPort", 5060)),
+                carrier_address=sbc.get("carrierAddress"),
                 host_network=bool(_get(sbc, "hostNetwork", False)),
                 node_selector=dict(sbc.get("nodeSelector") or {}),
                 tolerations=[dict(t) for t in sbc.get("tolerations") or []],
@@ -187,6 +211,16 @@ class Trunk:
                 service_type=str(_get(service, "type", "LoadBalancer")),
                 service_annotations=dict(service.get("annotations") or {}),
             ),
+            teams=TeamsSpec(
+                proxies=tuple(
+                    ProxyOverride(str(p["name"]), p.get("address"), p.get("port"))
+                    for p in teams.get("proxies") or ()
+                ),
+                allow_sources=None if allow is None else tuple(allow),
+                tenant_header=teams.get("tenantHeader"),
+                unknown_tenant_status=teams.get("unknownTenantStatus"),
+            ),
+            policies={str(k): dict(v) for k, v in (spec.get("policies") or {}).items()},
             deleting=bool(meta.get("deletionTimestamp")),
         )
 
@@ -214,6 +248,7 @@ class Tenant:
     subdomain: str
     numbers: tuple[str, ...] = ()
     ranges: tuple[NumberRange, ...] = ()
+    policy: str | None = None
     created: str = ""
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
@@ -238,6 +273,7 @@ class Tenant:
             ranges=tuple(
                 NumberRange(str(r["from"]), str(r["to"])) for r in spec.get("numberRanges") or ()
             ),
+            policy=spec.get("policy"),
             created=str(meta.get("creationTimestamp") or ""),
             deleting=bool(meta.get("deletionTimestamp")),
             finalizers=tuple(meta.get("finalizers") or ()),

@@ -192,7 +192,7 @@ class Reconciler:
         self, trunk: Trunk, body: Mapping[str, Any], tenants: list[Tenant], state: TrunkState
     ) -> str:
         now = datetime.datetime.now(datetime.UTC)
-        plans = plan_tenants(trunk.fqdn, tenants)
+        plans = plan_tenants(trunk.fqdn, tenants, trunk.policies.keys())
         served = [p for p in plans if p.served]
         names = [trunk.fqdn, *(p.fqdn for p in served)]
         where = {"trunk": f"{trunk.namespace}/{trunk.name}"}
@@ -201,8 +201,10 @@ class Reconciler:
             state.secrets.add(trunk.dns.secret_name)
 
         cert_check, report, cert_fields = await self.certificate_step(trunk, names, now, state)
-        config_check = await self.config_step(trunk, served, state)
-        sbc_check, service = await self.workload_step(trunk, state)
+        service, service_problem = await self.service_step(trunk, state)
+        cluster_ip = str(((service or {}).get("spec") or {}).get("clusterIP") or "") or None
+        config_check = await self.config_step(trunk, served, cluster_ip, state)
+        sbc_check = service_problem or await self.workload_step(trunk, state)
         addresses = self.public_addresses(trunk, service)
         dns_check = await self.dns_step(trunk, served, addresses, body, state)
         await self.tenant_finalizers(trunk, tenants, state)
@@ -376,10 +378,24 @@ class Reconciler:
 
     # -- config and pods --------------------------------------------------------------------
 
+    async def service_step(
+        self, trunk: Trunk, state: TrunkState
+    ) -> tuple[dict[str, Any] | None, Check | None]:
+        """The Service first: its cluster IP is the carrier side's address in the config."""
+        try:
+            return await self.apply(trunk, workload.service(trunk), state), None
+        except ApiError as exc:
+            metrics.ERRORS.labels(step="workload", reason=exc.reason).inc()
+            return None, Check("SBCAvailable", False, "APIError", exc.message)
+
     async def config_step(
-        self, trunk: Trunk, served: Sequence[TenantPlan], state: TrunkState
+        self,
+        trunk: Trunk,
+        served: Sequence[TenantPlan],
+        carrier_address: str | None,
+        state: TrunkState,
     ) -> Check:
-        config = render_sbc_config(trunk, served)
+        config = render_sbc_config(trunk, served, carrier_address)
         try:
             parse_config(config, source="the rendered config")
         except ConfigError as exc:  # a renderer bug or a spec the schema let through
@@ -399,9 +415,7 @@ class Reconciler:
             f"and {len(served)} tenant(s)",
         )
 
-    async def workload_step(
-        self, trunk: Trunk, state: TrunkState
-    ) -> tuple[Check, dict[str, Any] | None]:
+    async def workload_step(self, trunk: Trunk, state: TrunkState) -> Check:
         try:
             deployment = await self.apply(
                 trunk,
@@ -412,12 +426,11 @@ class Reconciler:
                 ),
                 state,
             )
-            service = await self.apply(trunk, workload.service(trunk), state)
             await self.apply(trunk, workload.pod_disruption_budget(trunk), state)
         except ApiError as exc:
             metrics.ERRORS.labels(step="workload", reason=exc.reason).inc()
-            return Check("SBCAvailable", False, "APIError", exc.message), None
-        return sbc_available(deployment), service
+            return Check("SBCAvailable", False, "APIError", exc.message)
+        return sbc_available(deployment)
 
     def public_addresses(self, trunk: Trunk, service: Mapping[str, Any] | None) -> list[str]:
         if trunk.public_addresses:

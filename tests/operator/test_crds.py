@@ -167,6 +167,20 @@ def test_good_trunk_is_stored_with_its_defaults(kube_cluster: KubeCluster, ns: s
             "spec.dns.rfc2136.tsigKeyName",
             "Required value",
         ),
+        ({"policies": {"Ring_Back": {}}}, "spec.policies", "policy names are DNS labels"),
+        ({"policies": {"rb": {"refer": "drop"}}}, "spec.policies.rb.refer", "supported values"),
+        (
+            {"policies": {"rb": {"numbers": {"countryCode": "+49"}}}},
+            "spec.policies.rb.numbers.countryCode",
+            "should match",
+        ),
+        ({"teams": {"allowSources": ["52.112.0.0/33"]}}, "spec.teams.allowSources[0]", "CIDR"),
+        (
+            {"teams": {"proxies": [{"name": "sip.pstnhub.microsoft.com", "address": "sip"}]}},
+            "spec.teams.proxies[0].address",
+            "IP address",
+        ),
+        ({"teams": {"unknownTenantStatus": 500}}, "spec.teams.unknownTenantStatus", "supported"),
     ],
 )
 def test_bad_trunk_is_refused_with_the_field_and_the_rule(
@@ -176,6 +190,14 @@ def test_bad_trunk_is_refused_with_the_field_and_the_rule(
     lines = [line for line in message.splitlines() if field + ":" in line]
     assert lines, f"no complaint about {field} in:\n{message}"
     assert any(words in line for line in lines), message
+
+
+@pytest.mark.parametrize("name", ["sbc.one", "1sbc", "s" * 60])
+def test_trunk_name_must_fit_its_service_name(
+    kube_cluster: KubeCluster, ns: str, name: str
+) -> None:
+    message = refused(kube_cluster, trunk(ns, name))
+    assert "metadata.name: a TeamsTrunk's name must be a DNS label" in message
 
 
 def test_trunk_without_certificate_or_carrier_is_refused(

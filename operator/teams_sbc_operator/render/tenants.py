@@ -7,7 +7,7 @@ later one is told (a condition), not silently dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from teams_sbc_operator.model import NumberRange, Tenant
@@ -25,11 +25,15 @@ def tenant_fqdn(subdomain: str, trunk_fqdn: str) -> str:
 
 @dataclass(frozen=True)
 class TenantPlan:
-    """One tenant of the trunk: its FQDN, and what stops it being served (reason, message)."""
+    """One tenant of the trunk: its FQDN, the numbers it keeps, and what stops it being served
+    (reason, message)."""
 
     tenant: Tenant
     fqdn: str
     problem: tuple[str, str] | None = None
+    #: The prefixes and ranges routed to it: its own minus those an older tenant claimed first.
+    numbers: tuple[str, ...] = ()
+    ranges: tuple[NumberRange, ...] = ()
 
     @property
     def served(self) -> bool:
@@ -37,11 +41,9 @@ class TenantPlan:
         return self.problem is None or self.problem[0] == "NumbersConflict"
 
 
-def _overlap(a: NumberRange, b: NumberRange) -> bool:
-    return a.overlaps(b)
-
-
-def plan_tenants(trunk_fqdn: str, tenants: Iterable[Tenant]) -> list[TenantPlan]:
+def plan_tenants(
+    trunk_fqdn: str, tenants: Iterable[Tenant], policies: Collection[str] = ()
+) -> list[TenantPlan]:
     """Plans for the tenants not being deleted, oldest first."""
     alive = sorted((t for t in tenants if not t.deleting), key=lambda t: (t.created, t.name))
     plans: list[TenantPlan] = []
@@ -50,42 +52,55 @@ def plan_tenants(trunk_fqdn: str, tenants: Iterable[Tenant]) -> list[TenantPlan]
     ranges: list[tuple[NumberRange, str]] = []
     for t in alive:
         fqdn = tenant_fqdn(t.subdomain, trunk_fqdn)
-        problem: tuple[str, str] | None = None
         if len(fqdn) > MAX_FQDN:
             problem = (
                 "FQDNTooLong",
                 f"{fqdn} has {len(fqdn)} characters, more than DNS allows ({MAX_FQDN}); "
                 "choose a shorter subdomain",
             )
-        elif t.subdomain in subdomains:
+            plans.append(TenantPlan(t, fqdn, problem))
+            continue
+        if t.subdomain in subdomains:
             problem = (
                 "SubdomainConflict",
                 f"subdomain {t.subdomain!r} is already used by TeamsTenant "
                 f"{subdomains[t.subdomain]!r} on this trunk; choose another",
             )
-        else:
-            subdomains[t.subdomain] = t.name
-            clashes = sorted(
-                {f"{p} ({prefixes[p]})" for p in t.numbers if p in prefixes}
-                | {
-                    f"{r.first}..{r.last} ({owner})"
-                    for mine in t.ranges
-                    for r, owner in ranges
-                    if _overlap(mine, r)
-                }
+            plans.append(TenantPlan(t, fqdn, problem))
+            continue
+        if t.policy is not None and t.policy != "default" and t.policy not in policies:
+            known = ", ".join(sorted(policies)) or "none"
+            problem = (
+                "PolicyNotFound",
+                f"policy {t.policy!r} is not in the trunk's spec.policies (it has: {known}); "
+                "add it there or fix spec.policy",
             )
-            if clashes:
-                problem = (
-                    "NumbersConflict",
-                    "numbers already routed to another tenant of this trunk: "
-                    + ", ".join(clashes[:5])
-                    + (f" and {len(clashes) - 5} more" if len(clashes) > 5 else "")
-                    + "; calls to them keep going to that tenant",
-                )
-            for p in t.numbers:
-                prefixes.setdefault(p, t.name)
-            ranges.extend(
-                (r, t.name) for r in t.ranges if not any(_overlap(r, o) for o, _ in ranges)
+            plans.append(TenantPlan(t, fqdn, problem))
+            continue
+        subdomains[t.subdomain] = t.name
+        mine_prefixes = tuple(p for p in t.numbers if p not in prefixes)
+        mine_ranges = tuple(r for r in t.ranges if not any(r.overlaps(o) for o, _ in ranges))
+        clashes = sorted(
+            {f"{p} ({prefixes[p]})" for p in t.numbers if p in prefixes}
+            | {
+                f"{r.first}..{r.last} ({owner})"
+                for mine in t.ranges
+                for r, owner in ranges
+                if mine.overlaps(r)
+            }
+        )
+        conflict: tuple[str, str] | None = None
+        if clashes:
+            more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+            conflict = (
+                "NumbersConflict",
+                "numbers already routed to another tenant of this trunk: "
+                + ", ".join(clashes[:5])
+                + more
+                + "; calls to them keep going to that tenant",
             )
-        plans.append(TenantPlan(t, fqdn, problem))
+        for p in mine_prefixes:
+            prefixes[p] = t.name
+        ranges.extend((r, t.name) for r in mine_ranges)
+        plans.append(TenantPlan(t, fqdn, conflict, mine_prefixes, mine_ranges))
     return plans
