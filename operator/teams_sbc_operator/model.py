@@ -252,6 +252,7 @@ class Tenant:
     created: str = ""
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
+    resource_version: str = ""
     status: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -277,5 +278,6 @@ class Tenant:
             created=str(meta.get("creationTimestamp") or ""),
             deleting=bool(meta.get("deletionTimestamp")),
             finalizers=tuple(meta.get("finalizers") or ()),
+            resource_version=str(meta.get("resourceVersion") or ""),
             status=dict(body.get("status") or {}),
         )

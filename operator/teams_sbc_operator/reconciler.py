@@ -56,6 +56,8 @@ log = logging.getLogger("teams_sbc_operator")
 
 #: The finalizer on tenants whose name the operator published in DNS: the record goes first.
 DNS_FINALIZER = f"{GROUP}/dns-records"
+#: RFC 2136 updates in flight at once (the server applies them one by one anyway).
+DNS_CONCURRENCY = 4
 
 Key = tuple[str, str]
 
@@ -561,40 +563,56 @@ class Reconciler:
         state: TrunkState,
         full: bool,
     ) -> dict[str, Outcome]:
+        """Remove the names no longer wanted, then write the wanted ones that changed (all of
+        them on a full pass), a few updates in flight at a time; one event per pass."""
         assert state.dns_names is not None
+        names = state.dns_names
         zone = updater.target.zone
-        outcomes: dict[str, Outcome] = {}
-        for name in sorted(state.dns_names - desired.keys()):
-            outcome = await updater.remove(name)
-            metrics.DNS_UPDATES.labels(
-                operation="remove", result="done" if outcome.done else "refused"
-            ).inc()
+        gate = asyncio.Semaphore(DNS_CONCURRENCY)
+        removed: list[str] = []
+        published: list[str] = []
+
+        async def remove(name: str) -> None:
+            async with gate:
+                outcome = await updater.remove(name)
+            result = "done" if outcome.done else "refused"
+            metrics.DNS_UPDATES.labels(operation="remove", result=result).inc()
             if outcome.done:
-                state.dns_names.discard(name)
+                names.discard(name)
                 state.dns_written.pop(name, None)
-                kopf.info(_ref(trunk), reason="DNSRecordRemoved", message=f"removed {name}")
-        for name, addrs in desired.items():
+                removed.append(name)
+
+        async def ensure(name: str, addrs: tuple[str, ...]) -> Outcome:
             wanted = (addrs, updater.target.ttl, zone)
-            if not full and state.dns_written.get(name) == wanted and name in state.dns_names:
-                outcomes[name] = Outcome(name, True)
-                continue
-            outcome = await updater.ensure(name, addrs)
-            outcomes[name] = outcome
-            metrics.DNS_UPDATES.labels(
-                operation="ensure", result="done" if outcome.done else "refused"
-            ).inc()
+            if not full and state.dns_written.get(name) == wanted and name in names:
+                return Outcome(name, True)
+            async with gate:
+                outcome = await updater.ensure(name, addrs)
+            result = "done" if outcome.done else "refused"
+            metrics.DNS_UPDATES.labels(operation="ensure", result=result).inc()
             if outcome.done:
-                if name not in state.dns_names or state.dns_written.get(name, (None,))[0] != addrs:
-                    kopf.info(
-                        _ref(trunk),
-                        reason="DNSRecordPublished",
-                        message=f"{name} -> {', '.join(addrs)}",
-                    )
-                state.dns_names.add(name)
+                if name not in names or state.dns_written.get(name, ((),))[0] != addrs:
+                    published.append(name)
+                names.add(name)
                 state.dns_written[name] = wanted
             else:
                 state.dns_written.pop(name, None)
-        return outcomes
+            return outcome
+
+        await asyncio.gather(*(remove(n) for n in sorted(names - desired.keys())))
+        results = await asyncio.gather(*(ensure(n, a) for n, a in desired.items()))
+        if removed:
+            kopf.info(
+                _ref(trunk), reason="DNSRecordsRemoved", message=_some("removed", sorted(removed))
+            )
+        if published:
+            addrs = ", ".join(next(iter(desired.values())))
+            kopf.info(
+                _ref(trunk),
+                reason="DNSRecordsPublished",
+                message=_some("published", sorted(published)) + f" -> {addrs}",
+            )
+        return {o.name: o for o in results}
 
     async def _forget_dns(self, trunk: Trunk, state: TrunkState) -> None:
         """spec.dns was removed: take our records out if the server is still known."""
@@ -643,20 +661,25 @@ class Reconciler:
         """Tenants with a DNS record carry DNS_FINALIZER until the record is gone."""
         published = state.dns_names or set()
         desired = {o for o, out in state.dns_outcomes.items() if out.done}
+        changes: list[tuple[Tenant, bool]] = []
         for t in tenants:
             fqdn = f"{t.subdomain}.{trunk.fqdn}"
             has = DNS_FINALIZER in t.finalizers
             if t.deleting:
                 gone = fqdn not in published or fqdn in desired
                 if has and (gone or trunk.dns is None):
-                    await self.set_finalizer(t, present=False)
+                    changes.append((t, False))
             elif trunk.dns is not None and not has:
-                await self.set_finalizer(t, present=True)
+                changes.append((t, True))
             elif trunk.dns is None and has:
-                await self.set_finalizer(t, present=False)
+                changes.append((t, False))
 
-    async def set_finalizer(self, tenant: Tenant, *, present: bool) -> None:
-        await set_finalizer(self.api, tenant, present=present)
+        async def one(tenant: Tenant, present: bool) -> None:
+            async with self._status_gate:
+                if not await set_finalizer(self.api, tenant, present=present):
+                    state.wake.set()  # someone else changed it first: look again next pass
+
+        await asyncio.gather(*(one(t, p) for t, p in changes))
 
     async def write_tenant_statuses(
         self,
@@ -834,6 +857,12 @@ def _secret_pems(secret: Mapping[str, Any]) -> tuple[bytes, bytes]:
         ) from exc
 
 
+def _some(verb: str, names: Sequence[str]) -> str:
+    shown = ", ".join(names[:5])
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"{verb} {len(names)} name(s): {shown}{more}"
+
+
 def _signed_by(cert_pem: bytes, ca_pem: bytes) -> bool:
     from cryptography import x509
 
@@ -869,29 +898,38 @@ async def _flag(stopped: Any) -> None:
     await stopped.wait()
 
 
-async def set_finalizer(api: KubeApi, tenant: Tenant, *, present: bool) -> None:
-    """Add or remove DNS_FINALIZER on a tenant (optimistic: a conflict waits for the next pass)."""
-    live = await api.get(API_VERSION, "TeamsTenant", tenant.namespace, tenant.name)
-    if live is None:
-        return
-    meta = live["metadata"]
-    current = list(meta.get("finalizers") or [])
-    wanted = (
-        sorted({*current, DNS_FINALIZER}) if present else [f for f in current if f != DNS_FINALIZER]
-    )
-    if wanted == current:
-        return
-    try:
-        await api.patch(
-            API_VERSION,
-            "TeamsTenant",
-            tenant.namespace,
-            tenant.name,
-            {"metadata": {"finalizers": wanted, "resourceVersion": meta["resourceVersion"]}},
+async def set_finalizer(api: KubeApi, tenant: Tenant, *, present: bool) -> bool:
+    """Add or remove DNS_FINALIZER on a tenant, as of the version the operator last saw; on a
+    conflict, once more as of the live version. False if it changed under us again."""
+    for attempt in range(2):
+        current = list(tenant.finalizers)
+        wanted = (
+            sorted({*current, DNS_FINALIZER})
+            if present
+            else [f for f in current if f != DNS_FINALIZER]
         )
-    except ApiError as exc:
-        if exc.status not in (404, 409):
-            raise
+        if wanted == current:
+            return True
+        meta: dict[str, Any] = {"finalizers": wanted}
+        if tenant.resource_version:
+            meta["resourceVersion"] = tenant.resource_version
+        try:
+            await api.patch(
+                API_VERSION, "TeamsTenant", tenant.namespace, tenant.name, {"metadata": meta}
+            )
+            return True
+        except ApiError as exc:
+            if exc.status == 404:
+                return True
+            if exc.status != 409 or attempt:
+                if exc.status == 409:
+                    return False
+                raise
+        live = await api.get(API_VERSION, "TeamsTenant", tenant.namespace, tenant.name)
+        if live is None:
+            return True
+        tenant = Tenant.from_body(live)
+    return False
 
 
 async def write_orphan_status(api: KubeApi, tenant: Tenant) -> None:

@@ -178,7 +178,7 @@ class Kube:
         name: str,
         type_: str,
         status: str = "True",
-        timeout: float = 40,
+        timeout: float = 60,
         reason: str | None = None,
         proc: ManagedProcess | None = None,
     ) -> dict[str, Any]:

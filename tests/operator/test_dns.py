@@ -58,7 +58,7 @@ def a(server: DnsServer, name: str) -> set[str]:
     return server.records_of(name, "A")
 
 
-def eventually(check: Any, what: str, operator: Operator, timeout: float = 30) -> None:
+def eventually(check: Any, what: str, operator: Operator, timeout: float = 60) -> None:
     wait_until(check, timeout, what, operator.proc, interval=0.2)
 
 
@@ -132,7 +132,7 @@ def test_records_follow_the_trunk_and_its_tenants(
         kube.must("teamstenant", "contoso")["metadata"].get("finalizers") or []
     )
     reasons = [e["reason"] for e in kube.events("sbc1")]
-    assert "DNSRecordPublished" in reasons and "DNSRecordRemoved" in reasons
+    assert "DNSRecordsPublished" in reasons and "DNSRecordsRemoved" in reasons
 
 
 def test_renamed_subdomain_moves_its_record(
