@@ -118,6 +118,20 @@ def operator_factory(
     finally:
         for op in started:
             op.stop()
+        _release(kube_cluster, kube_namespace)
+
+
+def _release(cluster: KubeCluster, namespace: str) -> None:
+    """With no operator left to run them, drop the finalizers of the test's trunks and tenants,
+    so the namespace's deletion (by the kube_namespace fixture) can finish."""
+    for plural in ("teamstrunks", "teamstenants"):
+        out = cluster.kubectl("get", plural, "-n", namespace, "-o", "json").stdout
+        for item in json.loads(out)["items"]:
+            if item["metadata"].get("finalizers"):
+                cluster.kubectl(
+                    "patch", plural, item["metadata"]["name"], "-n", namespace, "--type=merge",
+                    "-p", '{"metadata": {"finalizers": null}}',
+                )  # fmt: skip
 
 
 @pytest.fixture
