@@ -599,7 +599,16 @@ class Reconciler:
                 state.dns_written.pop(name, None)
             return outcome
 
-        await asyncio.gather(*(remove(n) for n in sorted(names - desired.keys())))
+        stale = sorted(names - desired.keys())
+        outside = [n for n in stale if not _in_zone(n, zone)]
+        if outside:  # the zone changed: this server cannot remove them
+            names.difference_update(outside)
+            kopf.warn(
+                _ref(trunk),
+                reason="DNSRecordsLeft",
+                message=_some("left in their old zone (not " + zone + ")", outside),
+            )
+        await asyncio.gather(*(remove(n) for n in stale if n not in outside))
         results = await asyncio.gather(*(ensure(n, a) for n, a in desired.items()))
         if removed:
             kopf.info(
@@ -855,6 +864,10 @@ def _secret_pems(secret: Mapping[str, Any]) -> tuple[bytes, bytes]:
         raise certs.CertificateProblem(
             "SecretUnreadable", f"Secret {name!r} holds no base64 data ({exc})"
         ) from exc
+
+
+def _in_zone(name: str, zone: str) -> bool:
+    return name == zone or name.endswith("." + zone)
 
 
 def _some(verb: str, names: Sequence[str]) -> str:

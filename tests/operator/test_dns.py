@@ -218,3 +218,35 @@ def test_tsig_problems_are_conditions(kube: Kube, operator: Operator, named: Dns
     kube.apply(tsig_secret(ns, named.key))
     kube.wait_condition("teamstrunk", "sbc1", "DNSReady", timeout=60, proc=operator.proc)
     assert a(named, "sbc1.sbc.test") == {"198.51.100.7"}
+
+
+def test_moving_to_another_zone_leaves_the_old_records_and_says_so(
+    kube: Kube, operator: Operator, named: DnsServer, tmp_path: Path
+) -> None:
+    ns = kube.namespace
+    kube.apply(
+        tsig_secret(ns, named.key),
+        trunk_manifest(
+            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.7"], dns=dns_spec(named)
+        ),
+    )
+    eventually(lambda: a(named, "sbc1.sbc.test") == {"198.51.100.7"}, "first record", operator)
+    other = DnsServer(tmp_path / "named-other", zone="other.test", key=named.key).start()
+    try:
+        spec = dns_spec(other)
+        spec["rfc2136"]["zone"] = "other.test"
+        kube.apply(
+            trunk_manifest(
+                ns, fqdn="sbc1.other.test", certificate={"devCA": True},
+                publicAddresses=["198.51.100.7"], dns=spec,
+            )
+        )  # fmt: skip
+        eventually(lambda: a(other, "sbc1.other.test") == {"198.51.100.7"}, "new zone", operator)
+        kube.wait_condition("teamstrunk", "sbc1", "DNSReady", proc=operator.proc)
+        assert kube.status("teamstrunk", "sbc1")["dns"]["names"] == ["sbc1.other.test"]
+        # The old server cannot be reached through the new settings: its record stays, told.
+        assert a(named, "sbc1.sbc.test") == {"198.51.100.7"}
+        left = [e for e in kube.events("sbc1") if e["reason"] == "DNSRecordsLeft"]
+        assert left and "sbc1.sbc.test" in left[0]["message"]
+    finally:
+        other.stop()
