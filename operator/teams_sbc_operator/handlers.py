@@ -185,17 +185,23 @@ def _owned_event(kind: str) -> Any:
         if type == "DELETED" or not rec.owns_version(key, kind, name, rv):
             rec.wake(key)
 
-    handler.__name__ = f"owned_{kind.lower()}_event"
     return handler
 
 
-kopf.on.event("v1", "configmaps", labels=MANAGED)(_owned_event("ConfigMap"))
-kopf.on.event("v1", "services", labels=MANAGED)(_owned_event("Service"))
-kopf.on.event("apps", "v1", "deployments", labels=MANAGED)(_owned_event("Deployment"))
-kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)(
-    _owned_event("PodDisruptionBudget")
-)
-kopf.on.event("cert-manager.io", "v1", "certificates", labels=MANAGED)(_owned_event("Certificate"))
+#: What trunks own, by (group, version, plural) and kind. kopf skips the ones a cluster does not
+#: serve (no cert-manager, no external-dns) and starts watching them when their CRD appears.
+OWNED_KINDS = [
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "services", "Service"),
+    ("apps", "v1", "deployments", "Deployment"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    ("cert-manager.io", "v1", "certificates", "Certificate"),
+    ("externaldns.k8s.io", "v1alpha1", "dnsendpoints", "DNSEndpoint"),
+]
+for _group, _version, _plural, _kind in OWNED_KINDS:
+    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"owned_{_kind.lower()}")(
+        _owned_event(_kind)
+    )
 
 
 def _read_by_a_trunk(*, namespace: str | None, name: str, **_: Any) -> bool:

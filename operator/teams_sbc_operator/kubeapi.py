@@ -28,6 +28,7 @@ PLURALS: dict[str, str] = {
     "Deployment": "deployments",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Certificate": "certificates",
+    "DNSEndpoint": "dnsendpoints",
     "TeamsTrunk": "teamstrunks",
     "TeamsTenant": "teamstenants",
     "Event": "events",

@@ -125,6 +125,9 @@ class Trunk:
     media_port_max: int
     sbc: SbcSpec
     teams: TeamsSpec = TeamsSpec()
+    #: DNS through external-dns (a DNSEndpoint): None when not chosen, else the TTL (0: the
+    #: provider's default).
+    external_dns_ttl: int | None = None
     #: Named policies as the CRD spells them (camelCase), by name.
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     deleting: bool = False
@@ -132,6 +135,12 @@ class Trunk:
     @property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
+
+    @property
+    def dns_mode(self) -> Literal["rfc2136", "external-dns", "none"]:
+        if self.dns is not None:
+            return "rfc2136"
+        return "external-dns" if self.external_dns_ttl is not None else "none"
 
     @property
     def teams_proxies(self) -> tuple[str, ...]:
@@ -153,6 +162,7 @@ class Trunk:
         else:
             source = "secret"
         dns = (spec.get("dns") or {}).get("rfc2136")
+        external = (spec.get("dns") or {}).get("externalDNS")
         sbc = spec.get("sbc") or {}
         service = sbc.get("service") or {}
         media = spec.get("media") or {}
@@ -221,6 +231,7 @@ class Trunk:
                 unknown_tenant_status=teams.get("unknownTenantStatus"),
             ),
             policies={str(k): dict(v) for k, v in (spec.get("policies") or {}).items()},
+            external_dns_ttl=None if external is None else int(external.get("ttl") or 0),
             deleting=bool(meta.get("deletionTimestamp")),
         )
 

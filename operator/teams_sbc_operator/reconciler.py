@@ -40,6 +40,7 @@ from teams_sbc_operator.dnsrecords import DnsError, DnsTarget, DnsUpdater, Outco
 from teams_sbc_operator.kubeapi import ApiError, KubeApi
 from teams_sbc_operator.model import API_VERSION, GROUP, Tenant, Trunk
 from teams_sbc_operator.render import certificate as render_cert
+from teams_sbc_operator.render import dns as render_dns
 from teams_sbc_operator.render import workload
 from teams_sbc_operator.render.conditions import Check, ready, transitions, without_times
 from teams_sbc_operator.render.objects import NOT_FOR_MICROSOFT, dev_ca_secret_name
@@ -95,8 +96,9 @@ class TrunkState:
     dns_failure: Check | None = None
     dns_full_at: float = 0.0
     dns_target: DnsTarget | None = None
-    #: Per-name outcomes of the last DNS pass.
+    #: Per-name outcomes of the last DNS pass, and the addresses it published.
     dns_outcomes: dict[str, Outcome] = field(default_factory=dict)
+    dns_addresses: tuple[str, ...] = ()
     error_backoff: float = 0.0
     next_pass_at: float = 0.0
     #: resourceVersions of the objects the operator applied (kind/name -> rv).
@@ -490,8 +492,14 @@ class Reconciler:
         if state.dns_names is None:
             old = ((body.get("status") or {}).get("dns") or {}).get("names") or []
             state.dns_names = set(old)
+        state.dns_addresses = tuple(sorted(addresses))
         if trunk.dns is None:
             await self._forget_dns(trunk, state)
+        if trunk.dns_mode != "external-dns":
+            await self._forget_dns_endpoint(trunk, state)
+        if trunk.dns_mode == "external-dns":
+            return await self.external_dns_step(trunk, served, addresses, state)
+        if trunk.dns is None:
             return Check(
                 "DNSReady",
                 True,
@@ -622,6 +630,71 @@ class Reconciler:
                 message=_some("published", sorted(published)) + f" -> {addrs}",
             )
         return {o.name: o for o in results}
+
+    async def external_dns_step(
+        self,
+        trunk: Trunk,
+        served: Sequence[TenantPlan],
+        addresses: Sequence[str],
+        state: TrunkState,
+    ) -> Check:
+        """The DNSEndpoint for external-dns; DNSReady once external-dns has seen its latest
+        generation (status.observedGeneration)."""
+        state.dns_outcomes = {}
+        if not addresses:
+            return Check(
+                "DNSReady",
+                False,
+                "NoPublicAddress",
+                "no public address to publish: set spec.publicAddresses, or wait until the "
+                f"load balancer gives Service {trunk.name}-sbc an address",
+            )
+        names = [trunk.fqdn, *(p.fqdn for p in served)]
+        obj = render_dns.dns_endpoint(trunk, names, addresses)
+        try:
+            live = await self.apply(trunk, obj, state)
+        except ApiError as exc:
+            metrics.ERRORS.labels(step="dns", reason=exc.reason).inc()
+            if exc.status == 404:
+                return Check(
+                    "DNSReady",
+                    False,
+                    "DNSEndpointCRDMissing",
+                    "the cluster has no DNSEndpoint resource (externaldns.k8s.io/v1alpha1): "
+                    "install external-dns with its CRD, or choose spec.dns.rfc2136",
+                )
+            return Check("DNSReady", False, "APIError", exc.message)
+        name = live["metadata"]["name"]
+        generation = int(live["metadata"].get("generation") or 0)
+        observed = int((live.get("status") or {}).get("observedGeneration") or 0)
+        done = observed >= generation
+        waiting = (
+            f"DNSEndpoint {name!r} lists {len(names)} name(s); external-dns has not yet "
+            f"published generation {generation} (is it running with --source=crd?)"
+        )
+        state.dns_outcomes = {
+            n: Outcome(n, done, "" if done else "WaitingForExternalDNS", "" if done else waiting)
+            for n in names
+        }
+        if not done:
+            return Check("DNSReady", False, "WaitingForExternalDNS", waiting)
+        return Check(
+            "DNSReady",
+            True,
+            "EndpointsPublished",
+            f"external-dns published DNSEndpoint {name!r}: {len(names)} name(s) -> "
+            + ", ".join(addresses),
+        )
+
+    async def _forget_dns_endpoint(self, trunk: Trunk, state: TrunkState) -> None:
+        """external-dns is no longer the DNS mode: its DNSEndpoint goes (external-dns then
+        removes the records it published)."""
+        key = f"DNSEndpoint/{trunk.name}-sbc"
+        if key in state.applied:
+            await self.api.delete(
+                "externaldns.k8s.io/v1alpha1", "DNSEndpoint", trunk.namespace, f"{trunk.name}-sbc"
+            )
+            del state.applied[key]
 
     async def _forget_dns(self, trunk: Trunk, state: TrunkState) -> None:
         """spec.dns was removed: take our records out if the server is still known."""
@@ -837,7 +910,7 @@ def tenant_certificate(
 
 
 def tenant_dns(plan: TenantPlan, trunk: Trunk, trunk_check: Check, state: TrunkState) -> Check:
-    if trunk.dns is None:
+    if trunk.dns_mode == "none":
         return Check("DNSReady", True, "NotManaged", trunk_check.message)
     outcome = state.dns_outcomes.get(plan.fqdn)
     if outcome is None:
@@ -846,8 +919,9 @@ def tenant_dns(plan: TenantPlan, trunk: Trunk, trunk_check: Check, state: TrunkS
         return Check("DNSReady", False, trunk_check.reason, trunk_check.message)
     if not outcome.done:
         return Check("DNSReady", False, outcome.reason, outcome.message)
-    addrs = state.dns_written.get(plan.fqdn, ((),))[0]
-    return Check("DNSReady", True, "RecordPublished", f"{plan.fqdn} -> {', '.join(addrs)}")
+    return Check(
+        "DNSReady", True, "RecordPublished", f"{plan.fqdn} -> {', '.join(state.dns_addresses)}"
+    )
 
 
 def _secret_pems(secret: Mapping[str, Any]) -> tuple[bytes, bytes]:

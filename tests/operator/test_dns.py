@@ -250,3 +250,54 @@ def test_moving_to_another_zone_leaves_the_old_records_and_says_so(
         assert left and "sbc1.sbc.test" in left[0]["message"]
     finally:
         other.stop()
+
+
+def test_external_dns_mode_keeps_a_dns_endpoint(kube: Kube, operator: Operator) -> None:
+    """external-dns does not run here: the test plays it by writing the DNSEndpoint's status."""
+    ns = kube.namespace
+    spec = {
+        "certificate": {"devCA": True},
+        "publicAddresses": ["198.51.100.7", "2001:db8::7"],
+        "dns": {"externalDNS": {"ttl": 120}},
+    }
+    kube.apply(trunk_manifest(ns, **spec), tenant_manifest(ns, "contoso"))
+    cond = kube.wait_condition(
+        "teamstrunk", "sbc1", "DNSReady", "False", reason="WaitingForExternalDNS",
+        proc=operator.proc,
+    )  # fmt: skip
+    assert "--source=crd" in cond["message"]
+    endpoint = kube.must("dnsendpoint", "sbc1-sbc")
+    assert endpoint["metadata"]["ownerReferences"][0]["name"] == "sbc1"
+    assert sorted(
+        (e["dnsName"], e["recordType"], tuple(e["targets"]), e["recordTTL"])
+        for e in endpoint["spec"]["endpoints"]
+    ) == [
+        ("contoso.sbc1.sbc.test", "A", ("198.51.100.7",), 120),
+        ("contoso.sbc1.sbc.test", "AAAA", ("2001:db8::7",), 120),
+        ("sbc1.sbc.test", "A", ("198.51.100.7",), 120),
+        ("sbc1.sbc.test", "AAAA", ("2001:db8::7",), 120),
+    ]  # fmt: skip
+
+    # external-dns publishes and says so; a new tenant waits for its next round.
+    generation = endpoint["metadata"]["generation"]
+    kube.patch_status("dnsendpoint", "sbc1-sbc", {"observedGeneration": generation})
+    kube.wait_condition(
+        "teamstrunk", "sbc1", "DNSReady", reason="EndpointsPublished", proc=operator.proc
+    )
+    kube.wait_condition("teamstenant", "contoso", "DNSReady", proc=operator.proc)
+    kube.apply(tenant_manifest(ns, "fabrikam"))
+    kube.wait_condition(
+        "teamstenant", "fabrikam", "DNSReady", "False", reason="WaitingForExternalDNS",
+        proc=operator.proc,
+    )  # fmt: skip
+    endpoint = kube.must("dnsendpoint", "sbc1-sbc")
+    assert "fabrikam.sbc1.sbc.test" in {e["dnsName"] for e in endpoint["spec"]["endpoints"]}
+    kube.patch_status(
+        "dnsendpoint", "sbc1-sbc", {"observedGeneration": endpoint["metadata"]["generation"]}
+    )
+    kube.wait_condition("teamstenant", "fabrikam", "DNSReady", proc=operator.proc)
+
+    # Back to no DNS management: the DNSEndpoint goes (external-dns then removes the records).
+    kube.apply(trunk_manifest(ns, certificate={"devCA": True}, publicAddresses=["198.51.100.7"]))
+    eventually(lambda: kube.get("dnsendpoint", "sbc1-sbc") is None, "DNSEndpoint gone", operator)
+    kube.wait_condition("teamstrunk", "sbc1", "DNSReady", reason="NotManaged", proc=operator.proc)
