@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,14 +12,24 @@ from teams_sbc.metrics import Metrics
 
 #: Returns (ready, reasons-not-ready).
 ReadinessCheck = Callable[[], tuple[bool, list[str]]]
+#: (method, path, handler) served beside the probes, e.g. rtpengine's media-timeout callback.
+ExtraRoute = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, metrics: Metrics, readiness: ReadinessCheck) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        readiness: ReadinessCheck,
+        routes: Sequence[ExtraRoute] = (),
+    ) -> None:
         self.host = host
         self.port = port
         self.metrics = metrics
         self.readiness = readiness
+        self.routes = list(routes)
         self._runner: web.AppRunner | None = None
         self.bound_port = 0
 
@@ -28,6 +38,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        for method, path, handler in self.routes:
+            app.router.add_route(method, path, handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
