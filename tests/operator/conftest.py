@@ -220,6 +220,19 @@ class Kube:
         )
         return list(json.loads(out)["items"])
 
+    def wait_event(
+        self, name: str, reason: str, proc: ManagedProcess | None = None, timeout: float = 30
+    ) -> dict[str, Any]:
+        """Events are posted after the status they report: poll for one with ``reason``."""
+        found: list[dict[str, Any]] = []
+
+        def posted() -> bool:
+            found[:] = [e for e in self.events(name) if e["reason"] == reason]
+            return bool(found)
+
+        wait_until(posted, timeout, f"an event {reason} on {name}", proc, interval=0.2)
+        return found[0]
+
     def patch_status(self, kind: str, name: str, status: dict[str, Any]) -> None:
         self.kubectl(
             "patch", kind, name, "--subresource=status", "--type=merge",

@@ -80,7 +80,9 @@ def test_trunk_and_tenants_become_ready(kube: Kube, operator: Operator, named: D
     # The pods: none ready, then the kubelet (played by the test) marks them ready.
     kube.wait_condition("teamstrunk", "sbc1", "SBCAvailable", "False", proc=operator.proc)
     wait_until(lambda: mark_pods_ready(kube) == 2, 30, "two SBC pods", operator.proc)
-    cond = kube.wait_condition("teamstrunk", "sbc1", "SBCAvailable", proc=operator.proc)
+    cond = kube.wait_condition(
+        "teamstrunk", "sbc1", "SBCAvailable", reason="SBCPodsAvailable", proc=operator.proc
+    )
     assert cond["message"] == "2 of 2 SBC pods available"
 
     # Ready, as kubectl wait (and Argo CD, Flux) read it.
@@ -168,5 +170,4 @@ def test_a_tenant_of_a_bad_spec_says_what_to_do(kube: Kube, operator: Operator) 
         proc=operator.proc,
     )  # fmt: skip
     assert "spec.policies" in policy["message"]
-    reasons = {e["reason"] for e in kube.events("contoso-eu")}
-    assert "SubdomainConflict" in reasons
+    kube.wait_event("contoso-eu", "SubdomainConflict", operator.proc)
