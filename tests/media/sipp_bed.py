@@ -305,9 +305,11 @@ def make_media_bed(
     rtpengine_args: Sequence[str] = (),
     media: dict[str, Any] | None = None,
     teams_keys: int = 1,
+    sbc_config: dict[str, Any] | None = None,
 ) -> MediaBed:
     """rtpengine, the SBC (a "carrier" and a "teams" UDP listener; calls from the carrier go
-    to Teams) and Teams' sipp, all started; the carrier's calls come with :meth:`call`."""
+    to Teams) and Teams' sipp, all started; the carrier's calls come with :meth:`call`.
+    ``sbc_config``: more top-level SBC config keys (``workers``...)."""
     teams_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     teams_socket.bind((HOST, 0))
     keys = [SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1) for _ in range(teams_keys)]
@@ -338,6 +340,7 @@ def make_media_bed(
                 "listener": "teams",
             }
         ],
+        **(sbc_config or {}),
     )
     engine = rtpengine_factory(
         extra_args=[

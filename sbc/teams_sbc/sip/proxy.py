@@ -22,7 +22,7 @@ import itertools
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -106,19 +106,23 @@ class _Local:
     host: str  # advertised host (address or FQDN) for Via and Record-Route
     port: int
     bind_host: str
+    #: The port our Via names, when not ``port``: a worker process's own UDP port, so the
+    #: responses to what it sends come back to it (Record-Route keeps the shared ``port``).
+    via_port: int | None = None
     # Derived once, when the listener is learnt: every forwarded request needs them.
     via_prefix: str = field(init=False, default="")  # "SIP/2.0/UDP host:port;branch="
     rr: str = field(init=False, default="")  # our Record-Route URI
     rr_r2: str = field(init=False, default="")  # the same with r2=on
 
     def __post_init__(self) -> None:
-        self.via_prefix = f"SIP/2.0/{self.transport.upper()} {self.hostport()};branch="
+        via_hostport = self.hostport(self.via_port)
+        self.via_prefix = f"SIP/2.0/{self.transport.upper()} {via_hostport};branch="
         self.rr = self.rr_uri(r2=False)
         self.rr_r2 = self.rr_uri(r2=True)
 
-    def hostport(self) -> str:
+    def hostport(self, port: int | None = None) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        return f"{host}:{self.port}"
+        return f"{host}:{port or self.port}"
 
     def rr_uri(self, r2: bool) -> str:
         transport = "" if self.transport == "udp" else f";transport={self.transport}"
@@ -196,6 +200,9 @@ class Proxy:
         self._ours: dict[tuple[str, int | None, str | None], _Local | None] = {}
         #: One object for equal sent-by strings and response peers (see _shared).
         self._shares: dict[object, Any] = {}
+        #: As one of several workers: where a response whose top Via names a sibling worker's
+        #: port goes (that sibling), by (listener, port).
+        self._siblings: dict[tuple[str, int], Peer] = {}
         self.set_bound_addresses({})
         self._warning_agent = config.server_header
         # Message counts in plain integers, read by the metrics collector at scrape time.
@@ -208,20 +215,41 @@ class Proxy:
 
     # -- configuration ------------------------------------------------------------------------
 
-    def set_bound_addresses(self, bound: dict[str, tuple[str, int]]) -> None:
-        """Learn the real ports (a listener configured with port 0 gets one from the kernel)."""
+    def set_bound_addresses(
+        self,
+        bound: Mapping[str, tuple[str, int]],
+        via_ports: Mapping[str, int] | None = None,
+        sibling_ports: Mapping[str, Collection[int]] | None = None,
+    ) -> None:
+        """Learn the real ports (a listener configured with port 0 gets one from the kernel).
+
+        As one of several worker processes: ``via_ports`` are this worker's own ports, put in
+        our Via instead of the listener's; ``sibling_ports`` are every worker's, recognised as
+        ours too (loop detection, and a Route or Request-URI naming one of them); a response
+        for a sibling that reaches this worker is passed to it (see _on_response).
+        """
         self._locals.clear()
+        self._siblings.clear()
         self._by_hostport.clear()
         self._hops.clear()
         self._ours.clear()
+        via_ports = via_ports or {}
+        sibling_ports = sibling_ports or {}
         for listener in self.config.listeners:
-            port = bound.get(listener.name, (listener.host, listener.port))[1]
+            name = listener.name
+            port = bound.get(name, (listener.host, listener.port))[1]
             local = _Local(
-                listener.name, listener.transport, listener.advertised_host, port, listener.host
-            )
-            self._locals[listener.name] = local
+                name, listener.transport, listener.advertised_host, port, listener.host,
+                via_ports.get(name),
+            )  # fmt: skip
+            self._locals[name] = local
+            ports = {port, *sibling_ports.get(name, ()), local.via_port or port}
+            to = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listener.host, listener.host)
+            for sibling in set(sibling_ports.get(name, ())) - {local.via_port}:
+                self._siblings[(name, sibling)] = Peer(listener.transport, to, sibling)
             for host in {listener.advertised_host.lower(), listener.host.lower()}:
-                self._by_hostport[(host.strip("[]"), port, listener.transport)] = local
+                for each in ports:
+                    self._by_hostport[(host.strip("[]"), each, listener.transport)] = local
 
     def _is_ours(self, host: str, port: int | None, transport: str | None = None) -> _Local | None:
         """The listener that ``host:port`` (and transport, if given, any case) names, if any.
@@ -814,12 +842,17 @@ class Proxy:
 
     def _on_response(self, resp: Response, now: float) -> None:
         status = resp.status
-        self._received[status // 100] += 1
         top = resp.top_via
-        if (
-            not (top.branch or "").startswith(BRANCH_PREFIX)
-            or self._is_ours(top.bare_host, top.port, top.transport) is None
-        ):
+        local = self._is_ours(top.bare_host, top.port, top.transport)
+        if self._siblings and local is not None:
+            sibling = self._siblings.get((local.name, top.port or 0))
+            if sibling is not None:
+                # Another worker's transaction: a peer that answers where the dialog's first
+                # request came from (sipp does), not to the Via, sent it here. Pass it on.
+                self.outbox.append(Outgoing(resp.to_bytes(), sibling, local.name))
+                return
+        self._received[status // 100] += 1
+        if not (top.branch or "").startswith(BRANCH_PREFIX) or local is None:
             log.info("response not for us dropped", extra={"call_id": resp.call_id})
             return
         actions = self.txns.receive_response(
