@@ -399,7 +399,7 @@ def test_hold_reaches_teams_as_inactive_and_resume_brings_media_back(
     bed.signal_carrier(uac, invite)  # the carrier resumes (a=sendrecv)
     resumed = audio(sdp_of(bed.teams_received("INVITE", count=3)))
     assert resumed.direction == "sendrecv"
-    bed.teams_received("ACK", count=3)
+    bed.teams_received("ACK", count=2)
     bed.media_both_ways(crypto(resumed, 1), bed.teams_key, resumed.port, b"RESUMED")
 
     bed.signal_carrier(uac, invite)
@@ -442,6 +442,80 @@ def test_teams_reinvite_with_a_new_key_keeps_media_flowing(
     bed.signal_carrier(uac, invite)
     assert uac.finish().stats.all_ok
     bed.wait_no_sessions()
+    bed.sbc.wait_idle()
+
+
+def test_teams_answering_from_another_fork_keeps_srtp_both_ways(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """Teams forks as Microsoft's SIP proxy does: fork A rings and sends early media (183, To tag
+    A, its own socket and key), fork B answers (200, To tag B, another socket and key). After
+    the 200 the carrier's audio reaches fork B as SRTP that decrypts with the key of the offer
+    Teams got, and B's SRTP reaches the carrier as plain RTP with the same payload; re-INVITEs
+    from fork B (a new key) and from the carrier (To tag B) keep media flowing both ways; no
+    session is left. Before the fix rtpengine made a new leg for B without crypto ("SRTP output
+    wanted, but no crypto suite was negotiated") and nothing decrypted after the 200."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_forked.xml",
+        teams_keys=3, teams_sockets=2,
+    )  # fmt: skip
+    fork_a, fork_b = bed.teams_sockets
+    key_a, key_b, key_b2 = bed.teams_keys
+    assert bed.sessions() == []
+    uac = bed.call("uac_media_forked.xml")
+    invite = bed.teams_received("INVITE")
+    offer = audio(sdp_of(invite))
+    rtpengine_key = crypto(offer, 1)
+
+    # Fork A's early media, both ways: the carrier's stream reaches A's socket, decrypting,
+    # and A's SRTP (its own key) reaches the carrier, whose echo comes back.
+    early = bed.teams_sent(183)
+    assert_carrier_audio(bed.receive(rtpengine_key, 10))
+    bed.media_both_ways(rtpengine_key, key_a, offer.port, b"FORK-A")
+    assert not [t for t in bed.teams_messages() if t.status == 200 and t.cseq_method == "INVITE"]
+    # Fork B answers: another To tag.
+    ok = bed.teams_sent(200)
+    assert early.header("To") != ok.header("To")
+    bed.teams_received("ACK")
+    carrier_ok = [
+        t for t in MediaBed.uac_messages(uac) if t.status == 200 and t.cseq_method == "INVITE"
+    ]
+    assert carrier_ok and carrier_ok[0].header("To") == ok.header("To")
+    assert audio(sdp_of(carrier_ok[0])).protocol == "RTP/AVP"
+
+    # After the 200: fork B gets SRTP under the offer's key, its SRTP reaches the carrier.
+    bed.teams_socket = fork_b
+    bed.media_both_ways(rtpengine_key, key_b, offer.port, b"FORK-B")
+
+    # Fork B re-INVITEs (From tag B) with a new key: media both ways under the new keys.
+    bed.signal_teams(invite)
+    assert key_b2.attribute().split("inline:")[1] in bed.teams_sent_request("INVITE").text
+    answer = audio(sdp_of(bed.teams_got(200)))
+    assert answer.protocol == "RTP/SAVP"
+    bed.teams_sent_request("ACK")
+    bed.media_both_ways(crypto(answer, 1), key_b2, answer.port, b"B-REINVITE")
+
+    # The carrier re-INVITEs (To tag B): Teams gets rtpengine's SRTP offer; media both ways.
+    bed.signal_carrier(uac, invite)
+    reoffer = audio(sdp_of(bed.teams_received("INVITE", count=2)))
+    assert reoffer.protocol == "RTP/SAVP"
+    bed.teams_received("ACK", count=2)
+    bed.media_both_ways(crypto(reoffer, 1), key_b2, reoffer.port, b"C-REINVITE")
+
+    bed.signal_carrier(uac, invite)
+    run = uac.finish()
+    assert run.stats.all_ok, run.error_path.read_text() if run.error_path.exists() else run
+    bed.wait_no_sessions()
+    assert "no crypto suite was negotiated" not in bed.rtpengine.proc.log_text()
+    assert fork_a.getsockname() != fork_b.getsockname()
+    scrape = bed.sbc.metrics()
+    # The 183 (A), the 200 (B), each re-INVITE's 2xx: four answers, all taken.
+    assert scrape.value("sbc_media_commands_total", command="answer", result="ok") == 4
+    assert scrape.value("sbc_media_fork_switches_total") == 1
+    assert scrape.value("sbc_media_dialogs") == 0
     bed.sbc.wait_idle()
 
 

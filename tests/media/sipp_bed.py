@@ -89,6 +89,9 @@ class MediaBed:
     teams_keys: list[SdesKey]  # Teams' own keys: [0] in its first SDP, then -key teams_key2...
     rtp_file: Path
     uacs: list[SippUac] = field(default_factory=list)
+    #: Every Teams media socket, ``teams_socket`` first; a forking Teams answers from another
+    #: one (``-key teams_port2``...): point ``teams_socket`` at it to use it.
+    teams_sockets: list[socket.socket] = field(default_factory=list)
 
     @property
     def teams_key(self) -> SdesKey:
@@ -325,12 +328,21 @@ def make_media_bed(
     media: dict[str, Any] | None = None,
     teams_keys: int = 1,
     sbc_config: dict[str, Any] | None = None,
+    teams_sockets: int = 1,
 ) -> MediaBed:
     """rtpengine, the SBC (a "carrier" and a "teams" UDP listener; calls from the carrier go
     to Teams) and Teams' sipp, all started; the carrier's calls come with :meth:`call`.
-    ``sbc_config``: more top-level SBC config keys (``workers``...)."""
-    teams_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    teams_socket.bind((HOST, 0))
+    ``sbc_config``: more top-level SBC config keys (``workers``...). ``teams_sockets``: how
+    many media sockets Teams has (``-key teams_port``, ``teams_port2``...: Teams' forks)."""
+    sockets = []
+    port_args: list[str] = []
+    for index in range(teams_sockets):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((HOST, 0))
+        sockets.append(sock)
+        name = "teams_port" if index == 0 else f"teams_port{index + 1}"
+        port_args += ["-key", name, str(sock.getsockname()[1])]
+    teams_socket = sockets[0]
     keys = [SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1) for _ in range(teams_keys)]
     key_args: list[str] = []
     for index, key in enumerate(keys):
@@ -341,7 +353,7 @@ def make_media_bed(
         scenario=SCENARIOS / teams_scenario,
         extra_args=[
             "-trace_msg", "-message_file", str(trace),
-            "-key", "teams_port", str(teams_socket.getsockname()[1]),
+            *port_args,
             *key_args,
         ],
     )  # fmt: skip
@@ -378,7 +390,10 @@ def make_media_bed(
     # rtp_stream reads its file from sipp's working directory (it expands no keyword).
     rtp_file = sipp_factory.log_dir / "carrier.pcmu"
     rtp_file.write_bytes(b"".join(carrier_frames()))
-    return MediaBed(sbc, engine, sipp_factory, teams, trace, teams_socket, keys, rtp_file)
+    return MediaBed(
+        sbc, engine, sipp_factory, teams, trace, teams_socket, keys, rtp_file,
+        teams_sockets=sockets,
+    )  # fmt: skip
 
 
 def make_calls_from_teams_bed(

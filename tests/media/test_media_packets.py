@@ -504,3 +504,139 @@ def test_media_bypass_call_from_teams_keeps_ice_credentials_from_183_to_200(
             assert await relay.client.list_calls() == []
 
     run(scenario())
+
+
+# -- forks: Teams answers from several forks, each with its own To tag, media and key --------
+
+
+async def flowing(
+    carrier: UdpPeer, carrier_port: int, fork: UdpPeer, teams_port: int,
+    rtpengine_key: SdesKey, fork_key: SdesKey, seq: int,
+) -> None:  # fmt: skip
+    """Carrier RTP reaches the fork as SRTP that decrypts with rtpengine's key, the fork's SRTP
+    (its own key) reaches the carrier as the same RTP."""
+    sent = pcmu_packets(3, ssrc=0x0F0F0F0F, first_seq=seq)
+    for packet in sent:
+        carrier.send(packet.encode(), carrier_port)
+    assert payloads(await srtp_at(fork, rtpengine_key, 3)) == payloads(sent)
+    back = pcmu_packets(3, ssrc=0x1E1E1E1E, first_seq=seq + 500)
+    sender = SrtpSession(fork_key, outbound=True)
+    for packet in back:
+        fork.send(sender.protect(packet.encode()), teams_port)
+    got = [RtpPacket.decode(await carrier.receive()) for _ in back]
+    assert payloads(got) == payloads(back)
+
+
+def test_forked_answers_under_the_offers_via_branch_keep_srtp(rtpengine: Rtpengine) -> None:
+    """One offer, answers from three forks (183 from A, 183 from X, 200 from B), each naming the
+    offer's via-branch: rtpengine 10.5 hands the leg it offered (its port and its key, which
+    every fork got in the INVITE) to the fork that answered last, which takes that fork's To
+    tag. Afterwards both parties' re-INVITEs name B, and a delete from B ends the call."""
+    branch = "z9hG4bKfork1"
+
+    async def scenario() -> None:
+        async with started(pool_for(rtpengine)) as pool:
+            relay = pool.relays[0]
+            carrier = await UdpPeer.open()
+            forks = {tag: await UdpPeer.open() for tag in "AXB"}
+            keys = {tag: SdesKey.generate(tag=1) for tag in "AXB"}
+            try:
+                to_teams = await relay.offer(
+                    call_id="fork-1", from_tag=CARRIER_TAG, sdp=carrier_sdp(carrier.port),
+                    towards=Leg.TEAMS, policy=POLICY, via_branch=branch,
+                )  # fmt: skip
+                rtpengine_key = next(k for k in crypto_keys(to_teams) if k.tag == 1)
+                teams_port = audio(to_teams).port
+                for n, tag in enumerate("AXB"):
+                    to_carrier = await relay.answer(
+                        call_id="fork-1", from_tag=CARRIER_TAG, to_tag=tag,
+                        sdp=teams_sdp(forks[tag].port, [keys[tag]], version=n + 1),
+                        towards=Leg.CARRIER, policy=POLICY, via_branch=branch,
+                    )  # fmt: skip
+                    await flowing(carrier, audio(to_carrier).port, forks[tag], teams_port,
+                                  rtpengine_key, keys[tag], 1000 * (n + 1))  # fmt: skip
+                reply = await relay.command("query", {"call-id": "fork-1"})
+                assert sorted(reply["tags"]) == sorted([CARRIER_TAG, "B"])
+
+                # Fork B re-INVITEs with a new key, no branch: rtpengine knows B.
+                new_key = SdesKey.generate(tag=1)
+                to_carrier = await relay.offer(
+                    call_id="fork-1", from_tag="B", to_tag=CARRIER_TAG,
+                    sdp=teams_sdp(forks["B"].port, [new_key], version=5),
+                    towards=Leg.CARRIER, policy=POLICY,
+                )  # fmt: skip
+                to_teams = await relay.answer(
+                    call_id="fork-1", from_tag="B", to_tag=CARRIER_TAG,
+                    sdp=carrier_sdp(carrier.port, version=2), towards=Leg.TEAMS, policy=POLICY,
+                )  # fmt: skip
+                (answer_key,) = crypto_keys(to_teams)
+                await flowing(carrier, audio(to_carrier).port, forks["B"], audio(to_teams).port,
+                              answer_key, new_key, 5000)  # fmt: skip
+                # The carrier re-INVITEs fork B.
+                to_teams = await relay.offer(
+                    call_id="fork-1", from_tag=CARRIER_TAG, to_tag="B",
+                    sdp=carrier_sdp(carrier.port, version=3), towards=Leg.TEAMS, policy=POLICY,
+                )  # fmt: skip
+                offer_key = next(k for k in crypto_keys(to_teams) if k.tag == 1)
+                to_carrier = await relay.answer(
+                    call_id="fork-1", from_tag=CARRIER_TAG, to_tag="B",
+                    sdp=teams_sdp(forks["B"].port, [new_key], version=6),
+                    towards=Leg.CARRIER, policy=POLICY,
+                )  # fmt: skip
+                await flowing(carrier, audio(to_carrier).port, forks["B"], audio(to_teams).port,
+                              offer_key, new_key, 6000)  # fmt: skip
+                reply = await relay.delete(call_id="fork-1", from_tag="B")
+                assert "warning" not in reply
+            finally:
+                await relay.delete(call_id="fork-1", from_tag=CARRIER_TAG)
+                for peer in (carrier, *forks.values()):
+                    peer.close()
+            assert await relay.client.list_calls() == []
+
+    run(scenario())
+
+
+def test_forked_answer_without_via_branch_gets_a_leg_without_crypto(rtpengine: Rtpengine) -> None:
+    """Why the branch is needed, as rtpengine 10.5 behaves: without it the second fork's
+    answer makes a new leg for its tag that never got the offer's crypto ("SRTP output wanted,
+    but no crypto suite was negotiated"), and no RTP of the carrier's reaches that fork."""
+
+    async def scenario() -> None:
+        async with started(pool_for(rtpengine)) as pool:
+            relay = pool.relays[0]
+            carrier, fork_a, fork_b = [await UdpPeer.open() for _ in range(3)]
+            key_a, key_b = SdesKey.generate(tag=1), SdesKey.generate(tag=1)
+            try:
+                to_teams = await relay.offer(
+                    call_id="fork-2", from_tag=CARRIER_TAG, sdp=carrier_sdp(carrier.port),
+                    towards=Leg.TEAMS, policy=POLICY,
+                )  # fmt: skip
+                rtpengine_key = next(k for k in crypto_keys(to_teams) if k.tag == 1)
+                to_carrier = await relay.answer(
+                    call_id="fork-2", from_tag=CARRIER_TAG, to_tag="A",
+                    sdp=teams_sdp(fork_a.port, [key_a]), towards=Leg.CARRIER, policy=POLICY,
+                )  # fmt: skip
+                await flowing(carrier, audio(to_carrier).port, fork_a, audio(to_teams).port,
+                              rtpengine_key, key_a, 100)  # fmt: skip
+                to_carrier = await relay.answer(
+                    call_id="fork-2", from_tag=CARRIER_TAG, to_tag="B",
+                    sdp=teams_sdp(fork_b.port, [key_b], version=2), towards=Leg.CARRIER,
+                    policy=POLICY,
+                )  # fmt: skip
+                for packet in pcmu_packets(3, ssrc=0x2D2D2D2D, first_seq=900):
+                    carrier.send(packet.encode(), audio(to_carrier).port)
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        data = await fork_b.receive(within=0.5)
+                        assert data[0] >> 6 != 2 or is_rtcp(data), "B got RTP"
+                reply = await relay.command("query", {"call-id": "fork-2"})
+                assert sorted(reply["tags"]) == sorted([CARRIER_TAG, "A", "B"])
+                log = rtpengine.proc.log_text() if rtpengine.proc is not None else ""
+                assert "no crypto suite was negotiated" in log
+            finally:
+                await relay.delete(call_id="fork-2", from_tag=CARRIER_TAG)
+                for peer in (carrier, fork_a, fork_b):
+                    peer.close()
+            assert await relay.client.list_calls() == []
+
+    run(scenario())

@@ -346,8 +346,14 @@ def our_routes() -> list[str]:
     return [f"<sip:{SBC_A};lr;r2=on;rtpe={TOKEN}>", f"<sip:{SBC_B};lr;r2=on;rtpe={TOKEN}>"]
 
 
-def bye(*, from_callee: bool = False, routes: list[str] | None = None, cseq: int = 2) -> bytes:
-    caller, callee = "<sip:a@y>;tag=caller1", "<sip:b@x>;tag=callee1"
+def bye(
+    *,
+    from_callee: bool = False,
+    routes: list[str] | None = None,
+    cseq: int = 2,
+    callee_tag: str = "callee1",
+) -> bytes:
+    caller, callee = "<sip:a@y>;tag=caller1", f"<sip:b@x>;tag={callee_tag}"
     if from_callee:
         via, from_, to, ruri = "192.0.2.20:5080", callee, caller, "sip:alice@192.0.2.10:5060"
         routes = list(reversed(our_routes())) if routes is None else routes
@@ -397,6 +403,7 @@ def test_reinvite_offers_to_the_dialogs_instance(bench: MediaBench) -> None:
     assert offer.relay == TOKEN  # stuck to the instance the Record-Route names
     assert (offer.from_tag, offer.to_tag) == ("callee1", "caller1")
     assert offer.towards is Leg.CARRIER  # the re-INVITE leaves by "a", the carrier side
+    assert offer.via_branch is None  # both tags known to rtpengine: no branch to name
     fwd = only(bench.done(offer, sdp=TO_CARRIER, relay=TOKEN), peer=UAC, listener="a")
     assert fwd.req.body == TO_CARRIER.encode()
     assert "record-route" not in fwd.req.headers  # inside a dialog: no new Record-Route
@@ -406,6 +413,7 @@ def test_reinvite_offers_to_the_dialogs_instance(bench: MediaBench) -> None:
     assert bench.feed(resp.to_bytes(), UAC, "a") == []
     answer = bench.command(Op.ANSWER)
     assert (answer.from_tag, answer.to_tag, answer.towards) == ("callee1", "caller1", Leg.TEAMS)
+    assert answer.via_branch is None
     ok = only(bench.done(answer, sdp=TO_TEAMS, relay=TOKEN), peer=Peer("udp", "192.0.2.20", 5080))
     assert ok.resp.body == TO_TEAMS.encode()
 
@@ -540,6 +548,165 @@ def test_stray_2xx_of_an_anchored_call_goes_through_rtpengine(bench: MediaBench)
     assert ok.resp.body == TO_CARRIER.encode()
 
 
+# -- forks: answers with different To tags (docs/media.md, "Forked answers") ----------------
+
+#: What a second fork of Teams answers with: another media processor, another key.
+TEAMS_SDP_B = (
+    "v=0\r\no=- 7 1 IN IP4 192.0.2.21\r\ns=session\r\nc=IN IP4 192.0.2.21\r\nt=0 0\r\n"
+    "m=audio 50010 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEYB\r\n"
+)
+
+
+BRANCH = "z9hG4bKcaller7"  # the caller's INVITE's branch
+
+
+def invite_with_branch(bench: MediaBench, branch: str = BRANCH) -> Out:
+    """A new call whose offer names the caller's branch: the INVITE as forwarded."""
+    bench.feed(sdp_invite(branch=branch))
+    offer = bench.command(Op.OFFER)
+    assert offer.via_branch == branch  # rtpengine's branch for the leg it offers
+    return only(bench.done(offer, sdp=TO_TEAMS, relay=TOKEN), peer=UAS)
+
+
+def answer_of(bench: MediaBench, fwd: Out, status: int, sdp: str, tag: str) -> MediaCommand:
+    assert bench.feed(reply(fwd.req, status, sdp, to_tag=tag), UAS, "b") == []
+    return bench.command(Op.ANSWER)
+
+
+def test_200_from_another_fork_goes_to_the_offers_branch_under_its_own_tag(
+    bench: MediaBench,
+) -> None:
+    """Teams' 183 from fork "early1", its 200 from fork "callee1": both answers name the
+    offer's branch, so rtpengine gives the leg it offered (the crypto Teams got) to the fork
+    that answers, and the dialog's tag is the one rtpengine then knows."""
+    fwd = invite_with_branch(bench)
+    ringing = only(bench.feed(reply(fwd.req, 180, to_tag="early1"), UAS, "b"), peer=UAC)
+    assert ringing.resp.status == 180 and bench.commands() == []
+    early = answer_of(bench, fwd, 183, TEAMS_SDP, "early1")
+    assert (early.from_tag, early.to_tag, early.via_branch) == ("caller1", "early1", BRANCH)
+    assert only(bench.done(early, sdp=TO_CARRIER, relay=TOKEN), peer=UAC).resp.status == 183
+    assert bench.sample("sbc_media_fork_switches_total") == 0
+
+    final = answer_of(bench, fwd, 200, TEAMS_SDP_B, "callee1")
+    assert (final.from_tag, final.to_tag, final.via_branch) == ("caller1", "callee1", BRANCH)
+    assert final.sdp == TEAMS_SDP_B and final.towards is Leg.CARRIER
+    ok = only(bench.done(final, sdp=TO_CARRIER + "a=b:1\r\n", relay=TOKEN), peer=UAC).resp
+    assert ok.status == 200 and ok.to_tag == "callee1"
+    assert ok.body == (TO_CARRIER + "a=b:1\r\n").encode()
+    assert bench.sample("sbc_media_fork_switches_total") == 1
+    assert bench.sample("sbc_media_answers_unanchored_total") == 0
+
+    # Later commands name the answering fork's tag, as rtpengine now does: Teams' re-INVITE...
+    bench.feed(
+        sdp_invite(sdp=TEAMS_SDP_B, from_callee=True, routes=list(reversed(our_routes())),
+                   ruri="sip:alice@192.0.2.10:5060", cseq=7),
+        UAS,
+        "b",
+    )  # fmt: skip
+    reoffer = bench.command(Op.OFFER)
+    assert (reoffer.from_tag, reoffer.to_tag, reoffer.via_branch) == ("callee1", "caller1", None)
+    # ...and a media timeout rtpengine reports under those tags finds the dialog.
+    assert bench.proxy.media_timeout("call-1", "caller1", "callee1", bench.now) == 1
+
+
+def test_two_183s_from_two_forks_then_the_200_from_the_first(bench: MediaBench) -> None:
+    """Early media moves to the latest fork; the 200 from the first fork moves it back, even
+    with the SDP of its own 183 (a remembered answer is only reused for the tag rtpengine
+    answered last)."""
+    fwd = invite_with_branch(bench)
+    first = answer_of(bench, fwd, 183, TEAMS_SDP, "callee1")
+    bench.done(first, sdp=TO_CARRIER, relay=TOKEN)
+    second = answer_of(bench, fwd, 183, TEAMS_SDP_B, "early2")
+    assert (second.to_tag, second.via_branch, second.sdp) == ("early2", BRANCH, TEAMS_SDP_B)
+    early = only(bench.done(second, sdp=TO_CARRIER + "a=x:2\r\n", relay=TOKEN), peer=UAC).resp
+    assert early.status == 183 and early.to_tag == "early2"
+    assert bench.sample("sbc_media_fork_switches_total") == 1
+
+    final = answer_of(bench, fwd, 200, TEAMS_SDP, "callee1")
+    assert (final.to_tag, final.via_branch, final.sdp) == ("callee1", BRANCH, TEAMS_SDP)
+    ok = only(bench.done(final, sdp=TO_CARRIER, relay=TOKEN), peer=UAC).resp
+    assert ok.status == 200 and ok.body == TO_CARRIER.encode()
+    assert bench.sample("sbc_media_fork_switches_total") == 2
+    # A retransmission of that 200 is the same answer again, without a command.
+    again = only(bench.feed(reply(fwd.req, 200, TEAMS_SDP), UAS, "b"), peer=UAC)
+    assert again.resp.body == TO_CARRIER.encode() and bench.commands() == []
+
+
+def test_200_repeating_its_own_183_needs_no_second_answer(bench: MediaBench) -> None:
+    """The usual call: one fork, its 183 and 200 with the same tag and SDP."""
+    fwd = invite_with_branch(bench)
+    early = answer_of(bench, fwd, 183, TEAMS_SDP, "callee1")
+    bench.done(early, sdp=TO_CARRIER, relay=TOKEN)
+    ok = only(bench.feed(reply(fwd.req, 200, TEAMS_SDP), UAS, "b"), peer=UAC).resp
+    assert ok.status == 200 and ok.body == TO_CARRIER.encode()
+    assert bench.commands() == []
+    assert bench.sample("sbc_media_fork_switches_total") == 0
+
+
+def test_200_without_an_earlier_183_names_the_branch(bench: MediaBench) -> None:
+    fwd = invite_with_branch(bench)
+    final = answer_of(bench, fwd, 200, TEAMS_SDP, "callee1")
+    assert (final.to_tag, final.via_branch) == ("callee1", BRANCH)
+    assert only(bench.done(final, sdp=TO_CARRIER, relay=TOKEN), peer=UAC).resp.status == 200
+    assert bench.sample("sbc_media_fork_switches_total") == 0
+
+
+def test_second_fork_answering_too_does_not_take_the_media(bench: MediaBench) -> None:
+    """Both forks answer (a race): the caller gets two dialogs and BYEs one (RFC 3261
+    13.2.2.4). The media stays with the first 2xx; the second goes on with its own SDP, and its
+    BYE through us leaves rtpengine's session to the first dialog."""
+    fwd = invite_with_branch(bench)
+    bench.done(answer_of(bench, fwd, 200, TEAMS_SDP, "callee1"), sdp=TO_CARRIER, relay=TOKEN)
+    late = only(bench.feed(reply(fwd.req, 200, TEAMS_SDP_B, to_tag="fork2"), UAS, "b"), peer=UAC)
+    assert late.resp.status == 200 and late.resp.to_tag == "fork2"
+    assert late.resp.body == TEAMS_SDP_B.encode()  # relayed unanchored, as it came
+    assert bench.commands() == []
+    assert bench.sample("sbc_media_answers_unanchored_total") == 1
+    # A third fork's 183 now goes nowhere: not to rtpengine, not upstream.
+    assert bench.feed(reply(fwd.req, 183, TEAMS_SDP_B, to_tag="fork3"), UAS, "b") == []
+    assert bench.commands() == []
+    assert bench.proxy.dialog_count() == 2
+
+    down = only(bench.feed(bye(callee_tag="fork2")), peer=UAS)
+    assert down.req.method == "BYE" and bench.commands() == []  # the media is not fork2's
+    assert bench.proxy.dialog_count() == 1
+    bench.feed(bye(cseq=3))
+    delete = bench.command(Op.DELETE)
+    assert (delete.call_id, delete.from_tag, delete.relay) == ("call-1", "caller1", TOKEN)
+    assert bench.proxy.dialog_count() == 0
+
+
+def test_stray_2xx_from_the_fork_that_lost_is_not_answered_again(bench: MediaBench) -> None:
+    fwd = invite_with_branch(bench)
+    bench.done(answer_of(bench, fwd, 200, TEAMS_SDP, "callee1"), sdp=TO_CARRIER, relay=TOKEN)
+    bench.feed(reply(fwd.req, 200, TEAMS_SDP_B, to_tag="fork2"), UAS, "b")
+    bench.advance(40)  # the client transaction is gone
+    stray = only(bench.feed(reply(fwd.req, 200, TEAMS_SDP_B, to_tag="fork2"), UAS, "b"))
+    assert stray.peer == UAC and stray.resp.body == TEAMS_SDP_B.encode()
+    assert bench.commands() == []
+    # The answering fork's own 2xx, retransmitted that late, still goes through rtpengine.
+    assert bench.feed(reply(fwd.req, 200, TEAMS_SDP), UAS, "b") == []
+    assert bench.command(Op.ANSWER).to_tag == "callee1"
+
+
+def test_delayed_offer_forks_offer_under_their_own_tags(bench: MediaBench) -> None:
+    """After an INVITE without SDP each fork's SDP is an offer from its own tag: rtpengine
+    makes each its own pair of legs (no branch: naming one would hand the caller's leg over),
+    and the ACK answers the fork whose 200 it acknowledges."""
+    fwd = delayed_through(bench)
+    bench.feed(reply(fwd.req, 183, TEAMS_SDP, to_tag="early1"), UAS, "b")
+    early = bench.command(Op.OFFER)
+    assert (early.from_tag, early.to_tag, early.via_branch) == ("early1", "caller1", None)
+    bench.done(early, sdp=TO_CARRIER, relay=TOKEN)
+    bench.feed(reply(fwd.req, 200, TEAMS_SDP_B), UAS, "b")
+    final = bench.command(Op.OFFER)
+    assert (final.from_tag, final.to_tag, final.via_branch) == ("callee1", "caller1", None)
+    assert only(bench.done(final, sdp=TO_CARRIER, relay=TOKEN), peer=UAC).resp.to_tag == "callee1"
+    bench.feed(ack(sdp=CARRIER_SDP))
+    answer = bench.command(Op.ANSWER)
+    assert (answer.from_tag, answer.to_tag, answer.via_branch) == ("callee1", "caller1", None)
+
+
 def test_media_needs_record_route() -> None:
     with pytest.raises(Exception, match="record_route"):
         parse_config(
@@ -615,6 +782,7 @@ def test_delayed_offer_offers_on_the_2xx_and_answers_on_the_ack(bench: MediaBenc
     offer = bench.command(Op.OFFER)
     assert (offer.from_tag, offer.to_tag, offer.relay) == ("callee1", "caller1", TOKEN)
     assert offer.towards is Leg.CARRIER and offer.sdp == TEAMS_SDP
+    assert offer.via_branch is None  # the callee's own legs (docs/media.md, "Forked answers")
     ok = only(bench.done(offer, sdp=TO_CARRIER, relay=TOKEN), peer=UAC)
     assert ok.resp.status == 200 and ok.resp.body == TO_CARRIER.encode()
     # A retransmitted 200 carries the same offer, without a second command.

@@ -42,7 +42,10 @@ class MediaCommand:
 
     ``relay`` is the token of the instance the call is stuck to (from the dialog's
     Record-Route), or None for a new call: the driver picks one. ``towards`` is the leg the
-    rewritten SDP goes to (docs/media.md, "Who offers what").
+    rewritten SDP goes to (docs/media.md, "Who offers what"). ``via_branch`` names the
+    rtpengine branch of a new call's offer, sent again with the answers of that INVITE's
+    responses: whichever downstream fork answers (its own To tag), rtpengine applies it to the
+    leg it offered, crypto and all (docs/media.md, "Forked answers").
     """
 
     id: int
@@ -53,6 +56,7 @@ class MediaCommand:
     to_tag: str | None = None
     sdp: str | None = None
     towards: Leg | None = None
+    via_branch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,7 @@ class MediaDriver:
                     sdp=command.sdp,
                     towards=Leg(command.towards),
                     policy=self.policy,
+                    via_branch=command.via_branch,
                 )
             if command.to_tag is None:
                 raise MediaError("answer without a to-tag")
@@ -168,6 +169,7 @@ class MediaDriver:
                 sdp=command.sdp,
                 towards=Leg(command.towards),
                 policy=self.policy,
+                via_branch=command.via_branch,
             )
         if op is Op.DELETE:
             await relay.delete(call_id=command.call_id, from_tag=command.from_tag)

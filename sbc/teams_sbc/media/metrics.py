@@ -117,6 +117,13 @@ class MediaMetrics:
             "media.",
             registry=registry,
         )
+        self.fork_switches = Counter(
+            "sbc_media_fork_switches",
+            "Answers to a new call's offer from another fork than the one rtpengine answered "
+            "before (another To tag: Teams' 183 from one fork, its 200 from another): rtpengine "
+            "moved the leg it offered, keys and all, to the new fork.",
+            registry=registry,
+        )
         self.timeout_teardowns = Counter(
             "sbc_media_timeout_teardowns",
             "Calls ended by the SBC (a BYE to each party) because rtpengine saw no media.",

@@ -100,6 +100,7 @@ class MediaRelay:
         towards: Leg,
         policy: MediaPolicy,
         to_tag: str | None = None,
+        via_branch: str | None = None,
     ) -> str:
         """``offer`` for an (re-)INVITE's SDP; returns the SDP to send on to ``towards``."""
         params = offer_params(
@@ -109,6 +110,7 @@ class MediaRelay:
             sdp=sdp,
             towards=towards,
             policy=policy,
+            via_branch=via_branch,
         )
         return finish_sdp(_sdp_of("offer", await self.command("offer", params)), towards)
 
@@ -121,8 +123,11 @@ class MediaRelay:
         sdp: str,
         towards: Leg,
         policy: MediaPolicy,
+        via_branch: str | None = None,
     ) -> str:
-        """``answer`` for a 183/200's SDP; returns the SDP to send on to ``towards``."""
+        """``answer`` for a 183/200's SDP; returns the SDP to send on to ``towards``. With the
+        offer's ``via_branch``, an answer under a To tag rtpengine has not seen (another fork)
+        goes to the leg that offer made, which takes the new tag."""
         params = answer_params(
             call_id=call_id,
             from_tag=from_tag,
@@ -130,6 +135,7 @@ class MediaRelay:
             sdp=sdp,
             towards=towards,
             policy=policy,
+            via_branch=via_branch,
         )
         return finish_sdp(_sdp_of("answer", await self.command("answer", params)), towards)
 

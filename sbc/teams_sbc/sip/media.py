@@ -110,6 +110,17 @@ class MediaState:
     queue: deque[tuple[Transaction[Message], Response]] = field(default_factory=deque)
     answers: dict[tuple[str | None, str], str] = field(default_factory=dict)
     remembered: set[str] = field(default_factory=set)  # To tags with a Dialog
+    #: A new call's offer: the rtpengine branch (ng ``via-branch``) of its leg towards the
+    #: callee, sent with every answer to it, so that an answer from another downstream fork (a
+    #: To tag rtpengine has not seen) lands on that leg, which takes the new tag, instead of a
+    #: new leg without the offer's crypto (docs/media.md, "Forked answers").
+    via_branch: str | None = None
+    #: The To tag of the last response whose SDP went to rtpengine: a remembered answer is
+    #: reused only for that tag (another fork's answer must reach rtpengine to move the leg).
+    answered_tag: str | None = None
+    #: The To tag of the first 2xx: the dialog the media belongs to. Another fork's 2xx (a race
+    #: both forks won) does not take the media from it.
+    confirmed_tag: str | None = None
 
     def remember_answer(self, key: tuple[str | None, str], sdp: str) -> None:
         if len(self.answers) >= _ANSWERS_KEPT:
@@ -136,6 +147,9 @@ class Dialog:
     caller_cseq: int
     callee_cseq: int
     relay: str | None
+    #: The media is this dialog's. False for another fork's 2xx after the first one (a race
+    #: both forks won): its BYE leaves rtpengine's session to the first dialog.
+    anchored: bool = True
 
     def matches(self, from_tag: str | None, to_tag: str | None) -> bool:
         """rtpengine names a dialog by its two tags, in either order (or by its Call-ID)."""

@@ -1094,11 +1094,13 @@ class Proxy:
         resume: Callable[[MediaResult, float], None] | None = None,
         txn: Transaction[Message] | None = None,
         initial: bool = False,
+        via_branch: str | None = None,
     ) -> Pending | None:
         """Queue a command for the driver; with ``resume``, park it until its result."""
         command = MediaCommand(
-            next(self._command_ids), op, call_id, from_tag, relay, to_tag, sdp, towards
-        )
+            next(self._command_ids), op, call_id, from_tag, relay, to_tag, sdp, towards,
+            via_branch,
+        )  # fmt: skip
         self.media_commands.append(command)
         if resume is None:
             return None
@@ -1172,6 +1174,10 @@ class Proxy:
             state.caller_from = req.headers.get("from") or ""
             state.caller_target = _contact_uri(req)
             state.caller_cseq = req.cseq.number
+            if sdp is not None:
+                # One rtpengine branch per INVITE, whatever forks behind the next hop: the
+                # caller's branch names it (any stable per-INVITE value would do).
+                state.via_branch = req.top_via.branch or f"{req.call_id}-{req.cseq.number}"
         if sdp is None and not initial:
             forward(token, state, now)
             return True
@@ -1183,6 +1189,7 @@ class Proxy:
             Op.PICK if sdp is None else Op.OFFER, state.call_id, state.from_tag, token, now,
             to_tag=req.to_tag, sdp=sdp, towards=state.offer_towards,
             resume=resume, txn=txn, initial=initial and sdp is not None,
+            via_branch=state.via_branch,
         )  # fmt: skip
         return True
 
@@ -1258,38 +1265,74 @@ class Proxy:
         INVITE wait behind it, in order. False when it can go on at once.
 
         The SDP is the answer to the request's offer, or, after a delayed offer, the callee's
-        offer (rtpengine's `offer` from the callee's tag; the caller answers in the ACK)."""
+        offer (rtpengine's `offer` from the callee's tag; the caller answers in the ACK).
+
+        Forks (docs/media.md, "Forked answers"): the answers of a new call carry the offer's
+        ``via-branch``, so the latest fork to answer (its own To tag) gets the leg rtpengine
+        offered. The first 2xx fixes the dialog; another fork's 2xx after it keeps its own SDP
+        (the media stays with the first), and another fork's 18x then goes nowhere."""
         if media.busy:
             media.queue.append((client, resp))
             return True
         status = resp.status
+        tag = resp.to_tag
+        other_fork = media.confirmed_tag is not None and tag != media.confirmed_tag
+        if 200 <= status < 300 and media.confirmed_tag is None:
+            media.confirmed_tag = tag
         sdp = sdp_of(resp) if status < 300 else None
         if sdp is None:
             return False
-        key = (resp.to_tag, sdp)
+        if other_fork:
+            if status >= 200:
+                self._other_fork_2xx(media, resp)
+            return False
+        key = (tag, sdp)
         cached = media.answers.get(key)
-        if cached is not None:  # a retransmitted 2xx (or 183): the same answer again
-            resp.body = cached.encode()
+        if cached is not None and tag == media.answered_tag:
+            resp.body = cached.encode()  # a retransmitted 2xx (or 183): the same answer again
             return False
-        if media.relay is None or resp.to_tag is None:
+        if media.relay is None or tag is None:
             return False
+        if media.answered_tag is not None and tag != media.answered_tag:
+            if media.via_branch is not None and self.media_metrics is not None:
+                self.media_metrics.fork_switches.inc()
+            log.info(
+                "%s from another fork: its SDP goes to rtpengine under its own tag",
+                status,
+                extra={"call_id": media.call_id, "rtpengine": media.relay},
+            )
+        media.answered_tag = tag
         media.busy = True
 
         def resume(result: MediaResult, later: float) -> None:
             self._answer_done(client, rctx, media, resp, key, result, later)
 
         if media.delayed:
+            # Each fork's offer under its own tag (a from-tag rtpengine has not seen makes a
+            # pair of legs of its own; no via-branch, which would take the caller's leg).
             media.offered = True
             self._command(
-                Op.OFFER, media.call_id, resp.to_tag, media.relay, now,
+                Op.OFFER, media.call_id, tag, media.relay, now,
                 to_tag=media.from_tag, sdp=sdp, towards=media.answer_towards, resume=resume,
             )  # fmt: skip
             return True
         self._command(
             Op.ANSWER, media.call_id, media.from_tag, media.relay, now,
-            to_tag=resp.to_tag, sdp=sdp, towards=media.answer_towards, resume=resume,
+            to_tag=tag, sdp=sdp, towards=media.answer_towards, resume=resume,
+            via_branch=media.via_branch,
         )  # fmt: skip
         return True
+
+    def _other_fork_2xx(self, media: MediaState, resp: Response) -> None:
+        """A 2xx from another fork after the first 2xx (both forks answered): the caller gets
+        two dialogs (RFC 3261 13.2.2.4) and usually BYEs this one. Its SDP does not go to
+        rtpengine, which would move the first dialog's media; it is relayed as it came."""
+        log.warning(
+            "2xx from another fork after the call was answered: relayed unanchored",
+            extra={"call_id": media.call_id, "rtpengine": media.relay},
+        )
+        if self.media_metrics is not None:
+            self.media_metrics.answer_failures.inc()
 
     def _answer_done(
         self,
@@ -1389,6 +1432,7 @@ class Proxy:
             caller_cseq=media.caller_cseq,
             callee_cseq=0,
             relay=media.relay,
+            anchored=media.confirmed_tag in (None, to_tag),
         )
         self._dialogs.setdefault(dialog.call_id, []).append(dialog)
         self._audits[dialog] = now + self._audit_interval
@@ -1409,11 +1453,13 @@ class Proxy:
         a BYE frees the call's media and ends the record."""
         method = req.method
         call_id = req.call_id
+        media_elsewhere = False  # a BYE of a dialog whose media is another dialog's
         for dialog in self._dialogs.get(call_id, ()):
             if not dialog.matches(req.from_tag, req.to_tag):
                 continue
             if method == "BYE":
                 self._forget(dialog)
+                media_elsewhere = not dialog.anchored
                 continue
             from_caller = req.from_tag == dialog.caller_tag
             number = req.cseq.number
@@ -1427,7 +1473,7 @@ class Proxy:
                     dialog.caller_target = target
                 elif target:
                     dialog.callee_target = target
-        if method == "BYE":
+        if method == "BYE" and not media_elsewhere:
             # Without a token (a UA that ignores Record-Route), every instance is asked: a
             # session must not outlive its call; "unknown call-id" elsewhere costs nothing.
             for relay in (token,) if token is not None else self._tokens:
@@ -1599,6 +1645,9 @@ class Proxy:
         to_tag = message.to_tag
         if sdp is None or to_tag is None:
             return False
+        dialogs = self._dialogs.get(message.call_id, ())
+        if any(d.anchored and to_tag not in (d.caller_tag, d.callee_tag) for d in dialogs):
+            return False  # another fork's 2xx again: the media stays with the first dialog
         token = None
         for value in message.headers.values("record-route"):
             token = token or token_in(value)
