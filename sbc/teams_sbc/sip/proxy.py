@@ -117,6 +117,7 @@ class _ServerCtx:
     peer: Peer
     listener: str
     rctx: _ResponseContext | None = None
+    edge: Any = None  # what a policy layer (teams.edge) keeps about this request
 
 
 @dataclass(slots=True)
@@ -124,6 +125,7 @@ class _ClientCtx:
     peer: Peer
     listener: str
     rctx: _ResponseContext | None  # None for a CANCEL we originate
+    edge: Any = None  # what a policy layer (teams.edge) keeps about this branch
 
 
 @dataclass(slots=True)
@@ -455,6 +457,8 @@ class Proxy:
             if method == "OPTIONS" and isinstance(req.ruri, SipUri) and not req.ruri.user:
                 self._answer_options(txn, req, now)
                 return
+            if self._route_for_us(txn, req, out_local, max_forwards, loop_hash, now):
+                return
             hop = self._default_hop(ctx.listener)
             if hop is None:
                 self._reply(txn, req, 404, "Not Found (no route)", now)
@@ -488,6 +492,7 @@ class Proxy:
             return
         in_local = self._locals[ctx.listener]
         fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash)
+        self._edit_forwarded(txn, fwd, in_local, local)
         # 18.1.1: a request over 1,300 bytes must not go over UDP; where the next hop takes TCP
         # (a TCP listener to send from, and the route allows it) it goes there instead. The
         # copy is prepared again, so Via and Record-Route name the listener it really leaves by.
@@ -497,8 +502,9 @@ class Proxy:
                 dest = Peer("tcp", dest.host, dest.port)
                 local = tcp_local
                 fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash)
+                self._edit_forwarded(txn, fwd, in_local, local)
             else:
-                self.metrics.large_over_udp.inc()
+                self._large_over_udp(txn, fwd)
         rctx = ctx.rctx = _ResponseContext(txn, req.call_id)
         client, actions = self.txns.send_request(
             fwd,
@@ -513,6 +519,31 @@ class Proxy:
         if req.method == "INVITE":
             self._start_timer_c(client, now)
         self._act(actions, now)
+
+    # -- where a policy layer hooks in (teams_sbc.teams.edge.TeamsProxy) ---------------------------
+
+    def _route_for_us(
+        self,
+        txn: Transaction[Message],
+        req: Request,
+        out_local: _Local | None,
+        max_forwards: int | None,
+        loop_hash: str,
+        now: float,
+    ) -> bool:
+        """A new request addressed to the SBC itself that it does not answer: True when a
+        policy routed or answered it; False leaves it to the configured routes."""
+        return False
+
+    def _edit_forwarded(
+        self, txn: Transaction[Message] | None, fwd: Request, in_local: _Local, local: _Local
+    ) -> None:
+        """The copy of a request about to leave by ``local`` (``txn`` None: a 2xx's ACK,
+        forwarded statelessly), after Max-Forwards, Record-Route and our Via."""
+
+    def _large_over_udp(self, txn: Transaction[Message], fwd: Request) -> None:
+        """A request over 1,300 bytes that must go over UDP all the same (18.1.1)."""
+        self.metrics.large_over_udp.inc()
 
     def _prepare(
         self,
@@ -723,6 +754,7 @@ class Proxy:
         headers.set("Max-Forwards", _next_max_forwards(max_forwards))
         branch = self._branch(ack, local, self._loop_hash(ack))
         headers.prepend("Via", local.via_prefix + branch)
+        self._edit_forwarded(None, ack, self._locals[listener], local)
         self.outbox.append(Outgoing(ack.to_bytes(), dest, local.name))
 
     # -- responses ----------------------------------------------------------------------------

@@ -170,8 +170,13 @@ class Policy(_Model):
     trim_large_sdp: bool = Field(
         default=True,
         description="When a message from Teams is over 1,300 bytes and the carrier takes only "
-        "UDP, drop ICE candidates and the codecs the carrier did not offer before sending; "
+        "UDP, drop ICE candidates and the codecs not in `carrier_codecs` before sending; "
         "false sends it whole (the network may fragment it).",
+    )
+    carrier_codecs: list[str] = Field(
+        default=["PCMU", "PCMA", "G722", "G729", "telephone-event", "CN"],
+        description="Codecs (SDP encoding names) the carrier takes: what `trim_large_sdp` "
+        "keeps of Teams' offer (SILK and the rest go).",
     )
 
 
