@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from teams_sbc.config import SbcConfig, parse_config
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.message import Request, Response, make_response, parse_message
-from teams_sbc.sip.peer import Peer
+from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.teams.edge import TeamsProxy
 
 #: Microsoft's proxy as it connects to us (any address of its ranges, any port).
@@ -73,6 +73,7 @@ class Out:
     raw: bytes
     peer: Peer
     listener: str
+    item: Outgoing | None = field(default=None, repr=False, compare=False)
 
     @property
     def msg(self) -> Request | Response:
@@ -105,9 +106,7 @@ class Edge:
     def __init__(self, cfg: SbcConfig | None = None, *, probes: bool = False) -> None:
         self.metrics = Metrics()
         self.tokens = (f"{n:016x}" for n in range(1, 1_000_000))
-        self.proxy = TeamsProxy(
-            cfg or config(), self.metrics, token=lambda _n: next(self.tokens)
-        )
+        self.proxy = TeamsProxy(cfg or config(), self.metrics, token=lambda _n: next(self.tokens))
         self.proxy.set_bound_addresses({})
         self.now = 1000.0
         if not probes:  # keep the keepalive OPTIONS out of the way of call tests
@@ -127,7 +126,7 @@ class Edge:
         return self.feed(data, CARRIER, "carrier")
 
     def take(self) -> list[Out]:
-        out = [Out(item.data, item.peer, item.listener) for item in self.proxy.outbox]
+        out = [Out(item.data, item.peer, item.listener, item) for item in self.proxy.outbox]
         self.proxy.outbox.clear()
         return out
 

@@ -61,9 +61,11 @@ def test_contact_towards_teams_round_trips_through_the_request_uri() -> None:
     assert value.startswith("<sip:gw@contoso.sbc.example:5061;transport=tls;tsc=")
     # Teams sends its BYE to that Contact; the carrier's URI comes back.
     uri = value[1:-1]
-    bye = req(carrier_invite(method="BYE", to_tag="x").replace(
-        "BYE sip:030123456@10.0.0.5:5060", f"BYE {uri}", 1
-    ))
+    bye = req(
+        carrier_invite(method="BYE", to_tag="x").replace(
+            "BYE sip:030123456@10.0.0.5:5060", f"BYE {uri}", 1
+        )
+    )
     assert contact.restore_request_uri(bye)
     assert bye.uri == "sip:gw@192.0.2.20:5060"
     assert not contact.restore_request_uri(bye)  # nothing of ours left
@@ -72,9 +74,11 @@ def test_contact_towards_teams_round_trips_through_the_request_uri() -> None:
 
 
 def test_a_forged_contact_parameter_is_ignored() -> None:
-    bye = req(carrier_invite(method="BYE", to_tag="x").replace(
-        "BYE sip:030123456@10.0.0.5:5060", "BYE sip:x@t.example;tsc=!!!", 1
-    ))
+    bye = req(
+        carrier_invite(method="BYE", to_tag="x").replace(
+            "BYE sip:030123456@10.0.0.5:5060", "BYE sip:x@t.example;tsc=!!!", 1
+        )
+    )
     assert not contact.restore_request_uri(bye)
 
 

@@ -13,6 +13,7 @@ it goes to Teams; every other listener faces the carrier.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections import OrderedDict
@@ -114,6 +115,7 @@ class TeamsProxy(Proxy):
         #: insertion order is deadline order, as for timer C).
         self._silent: OrderedDict[Transaction[Message], float] = OrderedDict()
         self._ack_info: CallInfo | None = None
+        self._attempt = 0  # which try of a new call _forward is building (its branch)
         self._now = 0.0
         self._teams_route = Route(
             name="teams", next_hop="sip:teams.invalid", listener=self.teams_listener
@@ -294,10 +296,14 @@ class TeamsProxy(Proxy):
         info.proxy = state
         dest = self._proxy_peer(state.proxy)
         target = SipUri("sip", state.name, None, None, 5061, (("transport", "tls"),))
-        self._forward(
-            server, req, target, dest, None, self._teams_route, req.max_forwards,
-            self._loop_hash(req), now,
-        )  # fmt: skip
+        self._attempt = info.tried
+        try:
+            self._forward(
+                server, req, target, dest, None, self._teams_route, req.max_forwards,
+                self._loop_hash(req), now,
+            )  # fmt: skip
+        finally:
+            self._attempt = 0
         rctx = server.context.rctx
         if rctx is not None and rctx.branches:
             client = rctx.branches[-1]
@@ -328,6 +334,15 @@ class TeamsProxy(Proxy):
                    "proxy": attempt.proxy.name, "reason": why},
         )  # fmt: skip
         return self._try_next_proxy(attempt.server, req, info, now)
+
+    def _branch(self, req: Request, local: _Local, loop_hash: str) -> str:
+        """Each try of a new call at another proxy is a new client transaction: its branch
+        differs from the first try's (which is derived from the caller's branch)."""
+        branch = super()._branch(req, local, loop_hash)
+        if self._attempt > 1:
+            unique = hashlib.blake2b(f"{branch}|{self._attempt}".encode(), digest_size=8)
+            branch = f"{BRANCH_PREFIX}{unique.hexdigest()}.{loop_hash}"
+        return branch
 
     # -- what leaves: requests ------------------------------------------------------------------
 
