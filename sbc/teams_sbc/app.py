@@ -16,11 +16,13 @@ import signal
 import uvloop
 
 from teams_sbc.config import SbcConfig
-from teams_sbc.health import HealthServer
+from teams_sbc.health import HealthServer, StatusPage
 from teams_sbc.logs import setup_logging
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import Proxy
+from teams_sbc.teams.edge import TeamsProxy
+from teams_sbc.teams.wiring import allow_lists, sni_certificates
 from teams_sbc.transport import TransportLayer
 
 log = logging.getLogger("teams_sbc")
@@ -30,15 +32,25 @@ class Sbc:
     def __init__(self, config: SbcConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.core = Proxy(config, self.metrics)
+        self.core = (
+            TeamsProxy(config, self.metrics) if config.teams else Proxy(config, self.metrics)
+        )
         self.transports = TransportLayer(
             config.listeners,
             self._on_message,
             self._on_send_failed,
             self.metrics,
             config.max_message_size,
+            sni=sni_certificates(config),
+            allow=allow_lists(config),
         )
-        self.health = HealthServer(config.http.host, config.http.port, self.metrics, self.readiness)
+        pages: dict[str, StatusPage] = {}
+        if isinstance(self.core, TeamsProxy):
+            core = self.core
+            pages["/teams"] = lambda: core.teams_status(asyncio.get_running_loop().time())
+        self.health = HealthServer(
+            config.http.host, config.http.port, self.metrics, self.readiness, pages
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -55,6 +67,7 @@ class Sbc:
         if self.transports.tls:
             self._reloader = asyncio.get_running_loop().create_task(self._reload_tls())
         self.metrics.ready.set(1)
+        self._flush()  # arm the core's first timer (the Teams edge's OPTIONS are due at once)
         log.info(
             "sbc started",
             extra={

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,14 +12,24 @@ from teams_sbc.metrics import Metrics
 
 #: Returns (ready, reasons-not-ready).
 ReadinessCheck = Callable[[], tuple[bool, list[str]]]
+#: Returns a JSON-ready status document (e.g. /teams: Microsoft's proxies as the SBC sees them).
+StatusPage = Callable[[], object]
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, metrics: Metrics, readiness: ReadinessCheck) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        readiness: ReadinessCheck,
+        pages: dict[str, StatusPage] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.metrics = metrics
         self.readiness = readiness
+        self.pages = pages or {}
         self._runner: web.AppRunner | None = None
         self.bound_port = 0
 
@@ -28,6 +38,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        for path, page in self.pages.items():
+            app.router.add_get(path, self._page(page))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -50,6 +62,14 @@ class HealthServer:
         return web.Response(
             status=200 if ready else 503, text=body, content_type="application/json"
         )
+
+    @staticmethod
+    def _page(page: StatusPage) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(_request: web.Request) -> web.Response:
+            body = json.dumps(page(), indent=1) + "\n"
+            return web.Response(text=body, content_type="application/json")
+
+        return handler
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         payload = generate_latest(self.metrics.registry)

@@ -596,70 +596,81 @@ _Out: TypeAlias = list[Any]
 _Handler: TypeAlias = Callable[["TransactionTable[Any]", Transaction[Any], Any, float, _Out], None]
 
 
-def _send_request(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                  out: _Out) -> None:
+def _send_request(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     out.append(Send(txn, txn.request, False))
 
 
-def _resend_request(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                    out: _Out) -> None:
+def _resend_request(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     tbl.stats.retransmissions_sent += 1
     out.append(Send(txn, txn.request, True))
 
 
-def _send_response(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                   out: _Out) -> None:
+def _send_response(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     txn.last = msg
     out.append(Send(txn, msg, False))
 
 
-def _resend_last(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                 out: _Out) -> None:
+def _resend_last(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     # The last response (server) or the ACK (INVITE client); nothing yet means nothing to repeat.
     if txn.last is not None:
         tbl.stats.retransmissions_sent += 1
         out.append(Send(txn, txn.last, True))
 
 
-def _send_ack(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-              out: _Out) -> None:
+def _send_ack(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     assert txn._build_ack is not None  # required at creation for INVITE clients
     ack = txn._build_ack(msg)
     txn.last = ack
     out.append(Send(txn, ack, False))
 
 
-def _pass_up(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-             out: _Out) -> None:
+def _pass_up(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     out.append(PassUp(txn, msg))
 
 
-def _absorb(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-            out: _Out) -> None:
+def _absorb(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     tbl.stats.retransmissions_absorbed += 1
 
 
-def _note_cancel(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                 out: _Out) -> None:
+def _note_cancel(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     txn.cancel_noted = True
 
 
-def _cancel_if_noted(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                     out: _Out) -> None:
+def _cancel_if_noted(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     if txn.cancel_noted and not txn.cancel_sent:
         txn.cancel_sent = True
         out.append(SendCancel(txn))
         _start_life(tbl, txn, Timer.B, now)
 
 
-def _timed_out(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-               out: _Out) -> None:
+def _timed_out(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     tbl.stats.timeouts += 1
     out.append(TimedOut(txn, msg))  # for timer events, ``msg`` is the timer that fired
 
 
-def _transport_failed(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                      out: _Out) -> None:
+def _transport_failed(
+    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+) -> None:
     tbl.stats.transport_failures += 1
     out.append(TransportFailed(txn))
 
@@ -696,20 +707,23 @@ def _timer_handler(op: TimerOp, t2: float) -> _Handler:
     cap = INF if timer is Timer.A else t2  # 17.1.1.2: A doubles forever; E, G stop at T2
     to_t2 = op.verb == "T2"
 
-    def start_retx(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                   out: _Out) -> None:
+    def start_retx(
+        tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+    ) -> None:
         delay = tbl._durations[txn.reliable][timer]
         if delay is not None:  # None: reliable transport, no retransmissions
             txn._retx = timer
             txn._retx_interval = delay
             txn._retx_at = now + delay
 
-    def start_life(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                   out: _Out) -> None:
+    def start_life(
+        tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+    ) -> None:
         _start_life(tbl, txn, timer, now)
 
-    def stop_timer(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-                   out: _Out) -> None:
+    def stop_timer(
+        tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+    ) -> None:
         if txn._retx is timer:
             txn._retx = None
             txn._retx_at = INF
@@ -717,8 +731,9 @@ def _timer_handler(op: TimerOp, t2: float) -> _Handler:
             txn._life = None
             txn._life_at = INF
 
-    def rearm(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
-              out: _Out) -> None:
+    def rearm(
+        tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
+    ) -> None:
         # Only on the timer's own firing: ``_retx_at`` still holds the deadline that fired, so the
         # schedule stays exact (T1, 3T1, 7T1, ...) even when the event loop runs a little late.
         interval = t2 if to_t2 else min(txn._retx_interval * 2, cap)
@@ -1008,8 +1023,9 @@ class TransactionTable(Generic[M]):
         self.stats.created += 1
         return txn
 
-    def _run(self, txn: Transaction[M], event: Event, msg: Any, now: float,
-             out: list[Action[M]]) -> None:
+    def _run(
+        self, txn: Transaction[M], event: Event, msg: Any, now: float, out: list[Action[M]]
+    ) -> None:
         """Apply one event, then fire whatever became due (zero-length timers) and reschedule.
 
         The common case (nothing due, heap entry already early enough) is kept inline: this is
@@ -1035,8 +1051,9 @@ class TransactionTable(Generic[M]):
         elif at < txn._heap_at:
             self._push(txn, at)
 
-    def _step(self, txn: Transaction[M], event: Event, msg: Any, now: float,
-              out: list[Action[M]]) -> None:
+    def _step(
+        self, txn: Transaction[M], event: Event, msg: Any, now: float, out: list[Action[M]]
+    ) -> None:
         row = txn._machine[txn.state][event]
         if row is None:
             self.stats.ignored += 1

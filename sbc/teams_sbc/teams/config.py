@@ -232,6 +232,14 @@ class Tenant(_Model):
         description="SIP URI of this tenant's own carrier next hop (a PBX per tenant); default: "
         "`carrier.next_hop`.",
     )
+    cert_file: str | None = Field(
+        default=None,
+        description="PEM chain of a certificate of the tenant's own, given to TLS clients that "
+        "ask for the tenant's FQDN by SNI. Default: the Teams listener's (a wildcard for "
+        "`*.<base fqdn>`, as Microsoft's carrier model expects). Connections the SBC opens to "
+        "Microsoft always present the listener's certificate.",
+    )
+    key_file: str | None = Field(default=None, description="The key of `cert_file`.")
 
     @field_validator("name")
     @classmethod
@@ -270,6 +278,8 @@ class Tenant(_Model):
     def _one_name(self) -> Tenant:
         if self.label is not None and self.fqdn is not None:
             raise ValueError("set label or fqdn, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
         return self
 
     def fqdn_under(self, base: str) -> str:
