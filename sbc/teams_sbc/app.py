@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import signal
 
 import uvloop
+from aiohttp import web
 
 from teams_sbc.config import SbcConfig
-from teams_sbc.health import HealthServer, StatusPage
+from teams_sbc.health import ExtraRoute, HealthServer
 from teams_sbc.logs import setup_logging
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.peer import Outgoing, Peer
@@ -44,12 +46,11 @@ class Sbc:
             sni=sni_certificates(config),
             allow=allow_lists(config),
         )
-        pages: dict[str, StatusPage] = {}
+        routes: list[ExtraRoute] = []
         if isinstance(self.core, TeamsProxy):
-            core = self.core
-            pages["/teams"] = lambda: core.teams_status(asyncio.get_running_loop().time())
+            routes.append(("GET", "/teams", self._teams_status))
         self.health = HealthServer(
-            config.http.host, config.http.port, self.metrics, self.readiness, pages
+            config.http.host, config.http.port, self.metrics, self.readiness, routes=routes
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -82,6 +83,12 @@ class Sbc:
             await asyncio.sleep(self.config.tls_reload_seconds)
             for contexts in self.transports.tls.values():
                 contexts.reload_if_changed()
+
+    async def _teams_status(self, _request: web.Request) -> web.Response:
+        """/teams: the trunk and each Microsoft proxy's health, for the operator."""
+        assert isinstance(self.core, TeamsProxy) and self._loop is not None
+        body = json.dumps(self.core.teams_status(self._loop.time()), indent=1) + "\n"
+        return web.Response(text=body, content_type="application/json")
 
     def readiness(self) -> tuple[bool, list[str]]:
         reasons = self.core.not_ready_reasons()

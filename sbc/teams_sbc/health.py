@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,8 +12,8 @@ from teams_sbc.metrics import Metrics
 
 #: Returns (ready, reasons-not-ready).
 ReadinessCheck = Callable[[], tuple[bool, list[str]]]
-#: Returns a JSON-ready status document (e.g. /teams: Microsoft's proxies as the SBC sees them).
-StatusPage = Callable[[], object]
+#: (method, path, handler) served beside the probes, e.g. rtpengine's media-timeout callback.
+ExtraRoute = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 
 class HealthServer:
@@ -23,13 +23,13 @@ class HealthServer:
         port: int,
         metrics: Metrics,
         readiness: ReadinessCheck,
-        pages: dict[str, StatusPage] | None = None,
+        routes: Sequence[ExtraRoute] = (),
     ) -> None:
         self.host = host
         self.port = port
         self.metrics = metrics
         self.readiness = readiness
-        self.pages = pages or {}
+        self.routes = list(routes)
         self._runner: web.AppRunner | None = None
         self.bound_port = 0
 
@@ -38,8 +38,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        for path, page in self.pages.items():
-            app.router.add_get(path, self._page(page))
+        for method, path, handler in self.routes:
+            app.router.add_route(method, path, handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -62,14 +62,6 @@ class HealthServer:
         return web.Response(
             status=200 if ready else 503, text=body, content_type="application/json"
         )
-
-    @staticmethod
-    def _page(page: StatusPage) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(_request: web.Request) -> web.Response:
-            body = json.dumps(page(), indent=1) + "\n"
-            return web.Response(text=body, content_type="application/json")
-
-        return handler
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         payload = generate_latest(self.metrics.registry)

@@ -21,23 +21,31 @@ def req(text: str) -> Request:
 # -- Record-Route --------------------------------------------------------------------------------
 
 
-def test_record_route_pair_follows_the_july_2020_rule() -> None:
-    fqdn = record_route.fqdn_entry("t.sbc.example", 5061, r2=False)
-    inside = record_route.inside_entry("10.0.0.5", 5060, "udp", r2=False)
-    assert fqdn == "<sip:t.sbc.example:5061;transport=tls;lr>"
-    # From Teams: record_route_preset("IP:port", "SBC_FQDN:5061;transport=tls").
-    assert record_route.record_route_pair(True, fqdn, inside) == [
-        "<sip:10.0.0.5:5060;lr;r2=on>",
-        "<sip:t.sbc.example:5061;transport=tls;lr;r2=on>",
+def test_the_entry_facing_teams_names_the_tenant_fqdn() -> None:
+    """The July 2020 rule: from Teams, the inside address on top and the FQDN below; to Teams
+    the reverse; the core's r2=on and other parameters kept."""
+    inside = "<sip:10.0.0.5:5060;lr;r2=on>"
+    teams = "<sip:sbc.example:5061;transport=tls;lr;r2=on;rtpe=r1>"
+    theirs = "<sip:192.0.2.21;lr>"
+    from_teams = req(teams_invite())
+    from_teams.headers.replace("record-route", inside, teams, theirs)
+    record_route.tenant_fqdn_in_record_route(from_teams, 2, True, "t.sbc.example")
+    assert from_teams.headers.values("record-route") == [
+        inside,
+        "<sip:t.sbc.example:5061;transport=tls;lr;r2=on;rtpe=r1>",
+        theirs,
     ]
-    # To Teams: the reverse.
-    assert record_route.record_route_pair(False, fqdn, inside) == [
-        "<sip:t.sbc.example:5061;transport=tls;lr;r2=on>",
-        "<sip:10.0.0.5:5060;lr;r2=on>",
+    to_teams = req(carrier_invite())
+    to_teams.headers.replace("record-route", teams, inside, theirs)
+    record_route.tenant_fqdn_in_record_route(to_teams, 2, False, "t.sbc.example")
+    assert to_teams.headers.values("record-route")[:2] == [
+        "<sip:t.sbc.example:5061;transport=tls;lr;r2=on;rtpe=r1>",
+        inside,
     ]
-    # Identical: one entry, no r2.
-    same = record_route.inside_entry("t.sbc.example", 5061, "tls", r2=False)
-    assert record_route.record_route_pair(True, fqdn, same) == [fqdn]
+    one = req(carrier_invite())
+    one.headers.replace("record-route", "<sip:sbc.example:5061;transport=tls;lr>")
+    record_route.tenant_fqdn_in_record_route(one, 1, False, "t.sbc.example")
+    assert one.headers.values("record-route") == ["<sip:t.sbc.example:5061;transport=tls;lr>"]
 
 
 def test_lr_on_is_rewritten_and_good_entries_keep_their_bytes() -> None:

@@ -19,6 +19,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from teams_sbc import __version__
 from teams_sbc.config import Route, SbcConfig
@@ -98,6 +99,7 @@ class TeamsProxy(Proxy):
         *,
         token: Callable[[int], str] = secrets.token_hex,
         timer_c: float = TIMER_C,
+        **core: Any,
     ) -> None:
         assert config.teams is not None, "TeamsProxy needs the teams section"
         self.teams: TeamsConfig = config.teams
@@ -121,7 +123,7 @@ class TeamsProxy(Proxy):
             name="teams", next_hop="sip:teams.invalid", listener=self.teams_listener
         )
         self._carrier_routes: dict[str, Route] = {}
-        super().__init__(config, metrics, token=token, timer_c=timer_c)
+        super().__init__(config, metrics, token=token, timer_c=timer_c, **core)
         self.edge_metrics = TeamsMetrics(metrics.registry, self.pool)
 
     # -- names ------------------------------------------------------------------------------
@@ -358,25 +360,14 @@ class TeamsProxy(Proxy):
             info = CallInfo(self.tenants.base, from_teams, fwd.to_tag is None)
         tenant = info.tenant
         if self.config.record_route and fwd.method in DIALOG_CREATING and fwd.to_tag is None:
-            inside = local if from_teams else in_local
+            # record_route.py: the July 2020 rule, the tenant's FQDN in the entry facing Teams.
             added = 1 if in_local is local else 2
-            self._record_route_july_2020(fwd, from_teams, tenant, inside, added)
+            record_route.tenant_fqdn_in_record_route(fwd, added, from_teams, tenant.fqdn)
         if to_teams:
             self._request_to_teams(fwd, info)
         elif info.to_carrier_hop:
             # A new call from Teams: the carrier gets it addressed to its own next hop.
             fwd.ruri = _retarget(fwd.ruri, parse_uri(tenant.carrier_next_hop))
-
-    def _record_route_july_2020(
-        self, fwd: Request, from_teams: bool, tenant: TenantInfo, inside: _Local, added: int
-    ) -> None:
-        """record_route.py: inside address and the tenant's FQDN, ordered by direction."""
-        pair = record_route.record_route_pair(
-            from_teams,
-            record_route.fqdn_entry(tenant.fqdn, self.teams_port, r2=False),
-            record_route.inside_entry(inside.host, inside.port, inside.transport, r2=False),
-        )
-        record_route.replace_top_record_routes(fwd, added, pair)
 
     def _request_to_teams(self, fwd: Request, info: CallInfo) -> None:
         policy = info.tenant.policy

@@ -5,7 +5,12 @@ wants the SBC's FQDN in the Record-Route of INVITEs it sends us too, not only of
 it. For an INVITE from Teams, ``record_route_preset("IP:port", "SBC_FQDN:5061;transport=tls")``:
 the inside address on top (it faces the carrier, the next hop), the FQDN below it (facing
 Teams). For an INVITE to Teams the reverse: FQDN on top, inside address below. ``r2=on`` on both
-when they differ; when the two would be identical, one entry without ``r2``. In the carrier
+when they differ; when the two would be identical, one entry without ``r2``.
+
+That is the core's own rule (sip/proxy.py, 16.6 step 4: one entry per listener crossed, the top
+one facing the next hop, ``r2=on`` when there are two), with the Teams listener's entry naming
+the FQDN. So this module does not build entries: it puts the tenant's FQDN into the one the
+core made for the Teams listener, keeping its port and parameters. In the carrier
 model the FQDN is the tenant's subdomain ("use the appropriate tenant-specific subdomain in the
 Record-Route headers you add to INVITE requests").
 
@@ -17,44 +22,33 @@ from __future__ import annotations
 
 from teams_sbc.sip.headers import parse_name_addr
 from teams_sbc.sip.message import Message
-from teams_sbc.sip.uri import SipUri, format_host
+from teams_sbc.sip.uri import SipUri
 
 
-def fqdn_entry(fqdn: str, port: int, r2: bool) -> str:
-    """Our Record-Route entry towards Teams: ``<sip:FQDN:port;transport=tls;lr[;r2=on]>``."""
-    return f"<sip:{fqdn}:{port};transport=tls;lr{';r2=on' if r2 else ''}>"
+def entry_with_fqdn(entry: str, fqdn: str) -> str:
+    """One of our Record-Route entries (``<sip:host:port;transport=tls;lr;r2=on;...>``) with
+    its host replaced by ``fqdn``: port and every parameter kept (the core's ``r2=on`` and any
+    parameter another layer carries in it)."""
+    addr = parse_name_addr(entry, "Record-Route")
+    uri = addr.uri
+    if not isinstance(uri, SipUri):
+        return entry
+    return str(addr.with_uri(uri.with_host(fqdn, uri.port)))
 
 
-def inside_entry(host: str, port: int, transport: str, r2: bool) -> str:
-    """Our Record-Route entry towards the carrier: the inside listener's address."""
-    params = "" if transport == "udp" else f";transport={transport}"
-    return f"<sip:{format_host(host)}:{port}{params};lr{';r2=on' if r2 else ''}>"
-
-
-def record_route_pair(from_teams: bool, fqdn: str, inside: str) -> list[str]:
-    """The entries to put on top of the Record-Route set, top first.
-
-    ``fqdn`` and ``inside`` are the entries built without ``r2`` (by :func:`fqdn_entry` and
-    :func:`inside_entry`); from Teams the inside one goes on top, to Teams the FQDN one.
-    """
-    if fqdn == inside:
-        return [fqdn]
-    top, below = (inside, fqdn) if from_teams else (fqdn, inside)
-    return [_with_r2(top), _with_r2(below)]
-
-
-def _with_r2(entry: str) -> str:
-    return entry[:-1] + ";r2=on>"
-
-
-def replace_top_record_routes(msg: Message, count: int, entries: list[str]) -> None:
-    """Swap the ``count`` topmost Record-Route entries (the ones the core just added) for
-    ``entries``, top first."""
-    headers = msg.headers
-    for _ in range(count):
-        headers.remove_first_value("record-route")
-    for entry in reversed(entries):
-        headers.prepend("Record-Route", entry)
+def tenant_fqdn_in_record_route(msg: Message, added: int, from_teams: bool, fqdn: str) -> None:
+    """Put the tenant's FQDN in the entry facing Teams among the ``added`` topmost entries the
+    core just inserted (16.6 step 4: the top one faces the next hop, the second the previous
+    hop). Two entries: from Teams the inside address stays on top and the FQDN entry is the
+    second; to Teams the FQDN entry is on top. One entry (the request leaves by the listener it
+    came in on): that one."""
+    values = msg.headers.values("record-route")
+    if added < 1 or len(values) < added:
+        return
+    index = 1 if added == 2 and from_teams else 0
+    values[index] = entry_with_fqdn(values[index], fqdn)
+    ours, rest = values[:added], values[added:]
+    msg.headers.replace("record-route", *ours, *([", ".join(rest)] if rest else []))
 
 
 def full_lr_to_lr(msg: Message) -> int:
