@@ -202,6 +202,9 @@ def test_call_from_the_carrier_reaches_teams_as_microsoft_wants_it(
     rr = invite.headers.values("record-route")
     assert rr[0] == f"<sip:{CONTOSO}:{bed.teams_port};transport=tls;lr;r2=on>"
     assert rr[1].startswith("<sip:127.0.0.1:") and rr[1].endswith(";lr;r2=on>")
+    # The carrier side's ;lr=on reached Teams as ;lr.
+    assert rr[2].startswith("<sip:127.0.0.1:") and rr[2].endswith(";lr>")
+    assert "lr=on" not in str(invite.headers.get_all("record-route"))
     (contact,) = invite.headers.values("contact")
     assert contact.startswith(f"<sip:caller@{CONTOSO}:{bed.teams_port};transport=tls;tsc=")
     assert "+4930123456@" in (invite.headers.get("to") or "")
