@@ -250,6 +250,7 @@ def test_cancel_from_the_carrier_reaches_teams() -> None:
     out = only(requests(outs))
     assert out.peer == SIP1 and out.req.method == "CANCEL"
     assert out.req.uri == fwd.req.uri
+    assert out.req.headers.get("x-ms-sbc") == X_MS_SBC
 
 
 # -- failover -----------------------------------------------------------------------------------
@@ -283,6 +284,7 @@ def test_408_and_503_move_on_and_retry_after_keeps_a_proxy_away(status: int) -> 
     (ack,) = [o for o in requests(outs) if o.req.method == "ACK"]  # for the failure
     (second,) = [o for o in requests(outs) if o.req.method == "INVITE"]
     assert ack.peer == SIP1 and second.peer == SIP2
+    assert ack.req.headers.get("x-ms-sbc") == X_MS_SBC
     assert second.req.top_via.branch != first.req.top_via.branch
     edge.feed(reply(second.req, 200, to_tag="s2", contact=TEAMS_CONTACT), SIP2, "teams")
     _, nxt = call_to_teams(edge, call_id="c3@192.0.2.20", branch="z9hG4bKc3")

@@ -298,19 +298,10 @@ class TeamsProxy(Proxy):
         info.proxy = state
         dest = self._proxy_peer(state.proxy)
         target = SipUri("sip", state.name, None, None, 5061, (("transport", "tls"),))
-        self._attempt = info.tried
-        try:
-            self._forward(
-                server, req, target, dest, None, self._teams_route, req.max_forwards,
-                self._loop_hash(req), now,
-            )  # fmt: skip
-        finally:
-            self._attempt = 0
-        rctx = server.context.rctx
-        if rctx is not None and rctx.branches:
-            client = rctx.branches[-1]
-            client.context.edge = Attempt(state, info, server)
-            self._silent[client] = now + self.teams.failover_timeout
+        self._forward(
+            server, req, target, dest, None, self._teams_route, req.max_forwards,
+            self._loop_hash(req), now,
+        )  # fmt: skip
         log.info(
             "call to Teams",
             extra={"call_id": req.call_id, "tenant": info.tenant.label, "proxy": state.name,
@@ -336,6 +327,61 @@ class TeamsProxy(Proxy):
                    "proxy": attempt.proxy.name, "reason": why},
         )  # fmt: skip
         return self._try_next_proxy(attempt.server, req, info, now)
+
+    def _forward(
+        self,
+        txn: Transaction[Message],
+        req: Request,
+        target: Uri,
+        dest: Peer | None,
+        out_local: _Local | None,
+        route_cfg: Route | None,
+        max_forwards: int | None,
+        loop_hash: str,
+        now: float,
+        *more: Any,
+        **named: Any,
+    ) -> None:
+        """The core's forwarding, and for a try of a new call at a Microsoft proxy: its own
+        branch, and its client transaction marked (failover, the silent-proxy timer). Done
+        here, not where the try starts, because the core may forward later (when rtpengine
+        has answered)."""
+        info = txn.context.edge
+        attempt = info if isinstance(info, CallInfo) and info.proxy is not None else None
+        rctx = txn.context.rctx
+        before = rctx.branches[-1] if rctx is not None and rctx.branches else None
+        self._attempt = attempt.tried if attempt is not None else 0
+        try:
+            super()._forward(
+                txn, req, target, dest, out_local, route_cfg, max_forwards, loop_hash, now,
+                *more, **named,
+            )  # fmt: skip
+        finally:
+            self._attempt = 0
+        rctx = txn.context.rctx
+        if attempt is None or attempt.proxy is None or rctx is None or not rctx.branches:
+            return
+        client = rctx.branches[-1]
+        if client is not before and client.context.edge is None:
+            client.context.edge = Attempt(attempt.proxy, attempt, txn)
+            self._silent[client] = now + self.teams.failover_timeout
+
+    def _send(
+        self, txn: Transaction[Message], message: Message | bytes, retransmission: bool
+    ) -> None:
+        """The CANCEL and the non-2xx ACK the core builds for an INVITE it sent to Teams get
+        our identification too ("on everything towards Teams")."""
+        if (
+            type(message) is Request
+            and message.method in ("CANCEL", "ACK")
+            and txn.context.listener == self.teams_listener
+            and "x-ms-sbc" not in message.headers
+        ):
+            info = txn.context.edge
+            tenant = info.info.tenant if isinstance(info, Attempt) else self.tenants.base
+            if tenant.policy.identify:
+                normalise.identify(message, self.config.server_header, self.x_ms_sbc)
+        super()._send(txn, message, retransmission)
 
     def _branch(self, req: Request, local: _Local, loop_hash: str) -> str:
         """Each try of a new call at another proxy is a new client transaction: its branch
