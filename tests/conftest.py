@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.testbed.fixtures_debian",
     "tests.testbed.fixtures_kube",
     "tests.testbed.fixtures_sbc",
+    "tests.testbed.teams_emulator",
 ]
 
 

@@ -24,6 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--config", default=None, help="config to run (default: examples/sbc.yaml)")
 
+    from teams_sbc.emulator import cli as emulator_cli
+
+    emulate = sub.add_parser(
+        "emulate-teams",
+        help="play Microsoft's SIP proxies (sip, sip2, sip3), as strict as Microsoft",
+        description=emulator_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    emulator_cli.add_arguments(emulate)
+
     args = parser.parse_args(argv)
     from teams_sbc.config import ConfigError, load_config
 
@@ -39,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         from teams_sbc.app import run_forever
 
         return run_forever(config)
+    if args.command == "emulate-teams":
+        return emulator_cli.main(args)
     if args.command == "demo":
         from teams_sbc.demo import run_demo
 
