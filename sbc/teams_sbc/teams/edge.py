@@ -515,6 +515,9 @@ class TeamsProxy(Proxy):
         if isinstance(edge, Probe):
             if resp.status >= 200:
                 self.pool.probe_answered(edge.proxy, resp.status, resp.reason, now)
+                seconds = _retry_after(resp) if resp.status == 503 else None
+                if seconds is not None:  # the proxy asks for a pause: calls honour it too
+                    self.pool.retry_after(edge.proxy, seconds, now)
             return
         if isinstance(edge, Attempt):
             if edge.abandoned:
