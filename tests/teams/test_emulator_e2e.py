@@ -237,6 +237,15 @@ def test_cancel_of_a_call_to_teams(edges: EdgeFactory) -> None:
     assert not record.violations
 
 
+def test_busy_teams_user_reaches_the_carrier_as_cause_17(edges: EdgeFactory) -> None:
+    edge = edges(emulator={"users": [{"number": "+4930123777", "behaviour": "busy"}],
+                           "unknown_numbers": "answer"})  # fmt: skip
+    run = edge.call_from_carrier("uac_busy_teams.xml", "030123777")  # sipp checks cause=17
+    assert run.stats.successful == 1, run.stats
+    record = edge.emu.wait_call(edge.only_call().call_id, "rejected")
+    assert record.final_status == 486 and not record.violations
+
+
 def test_ack_with_a_180s_tag_is_repaired_and_the_call_lives(edges: EdgeFactory) -> None:
     edge = edges()
     run = edge.call_from_carrier("uac_ack_with_180_tag.xml", "030123456")

@@ -124,9 +124,13 @@ def test_busy_gets_q850_cause_17_unless_teams_gave_one() -> None:
     busy = make_response(req(carrier_invite()), 486, to_tag="t")
     assert normalise.busy_cause_17(busy)
     assert busy.headers.get("reason") == 'Q.850;cause=17;text="User busy"'
-    own = make_response(req(carrier_invite()), 486, to_tag="t",
-                        extra_headers=[("Reason", 'Q.850;cause=17;text="abc"')])  # fmt: skip
-    assert not normalise.busy_cause_17(own)
+    same = make_response(req(carrier_invite()), 486, to_tag="t",
+                         extra_headers=[("Reason", 'Q.850;cause=17;text="abc"')])  # fmt: skip
+    assert not normalise.busy_cause_17(same)
+    reason = [("REASON", 'Q.850;cause=34;text="c0ffee;busy"')]
+    teams = make_response(req(carrier_invite()), 486, to_tag="t", extra_headers=reason)
+    assert normalise.busy_cause_17(teams)
+    assert teams.headers.values("reason") == ['Q.850;cause=17;text="c0ffee;busy"']
 
 
 def test_183_with_sdp_becomes_180() -> None:

@@ -154,8 +154,8 @@ class Policy(_Model):
     )
     busy_cause_17: bool = Field(
         default=True,
-        description="Towards the carrier, give a 486 from Teams `Reason: Q.850;cause=17` "
-        "(user busy) when it has no Q.850 reason.",
+        description="Towards the carrier, a 486 from Teams carries Q.850 cause 17 (user busy): "
+        "Teams' own Q.850 cause replaced, or `Reason: Q.850;cause=17` added.",
     )
     identify: bool = Field(
         default=True,

@@ -7,12 +7,16 @@ calls it. Every function edits the message in place and says whether it changed 
 
 from __future__ import annotations
 
+import re
+
 from teams_sbc.media.sdp import hold_as_inactive
 from teams_sbc.sip.headers import parse_name_addr
 from teams_sbc.sip.message import Message, Request, Response
 from teams_sbc.sip.uri import SipUri, TelUri
 from teams_sbc.teams.config import NumberRules
 from teams_sbc.teams.numbers import to_e164
+
+_CAUSE = re.compile(r"cause\s*=\s*[0-9]+", re.IGNORECASE)
 
 
 def strip_refer(msg: Message) -> bool:
@@ -134,13 +138,21 @@ def restore_from_to(resp: Response, original: Request) -> bool:
 
 
 def busy_cause_17(resp: Response) -> bool:
-    """Policy ``busy_cause_17``. teams-direct-routing.md, rejections: map 486 to Q.850 cause 17
-    (user busy) so the carrier's network shows busy, unless Teams gave a Q.850 cause itself."""
+    """Policy ``busy_cause_17``. teams-direct-routing.md, rejections: a 486 maps to Q.850 cause
+    17 (user busy), so the carrier's network shows busy. Teams' own Q.850 reason on a 486
+    (cause 34 has been seen) gets cause 17, its text (Microsoft's correlation id) kept; without
+    one, ``Reason: Q.850;cause=17;text="User busy"`` is added."""
     if resp.status != 486:
         return False
-    if any(v.strip().lower().startswith("q.850") for v in resp.headers.values("reason")):
+    values = resp.headers.values("reason")
+    q850 = [v for v in values if v.strip().lower().startswith("q.850")]
+    if not q850:
+        resp.headers.append("Reason", 'Q.850;cause=17;text="User busy"')
+        return True
+    fixed = [_CAUSE.sub("cause=17", v) if v in q850 else v for v in values]
+    if fixed == values:
         return False
-    resp.headers.append("Reason", 'Q.850;cause=17;text="User busy"')
+    resp.headers.replace("reason", *fixed)
     return True
 
 
