@@ -1,6 +1,7 @@
 """End-to-end SIP benchmark: sipp -> proxy -> sipp, teams-sbc beside Kamailio, in one run.
 
     uv run python bench/sip_proxy.py --seconds 5
+    uv run python bench/sip_proxy.py --only memory    # the memory trial alone, ~1 min
 
 Measures, alternating the peers trial by trial (this machine's speed swings 2-3x within
 minutes, so only figures taken side by side compare):
@@ -737,6 +738,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"proxies on CPU {args.proxy_cpus}, {args.workers} worker(s); logs in {root}; "
         f"SBC code: a copy of the tree at {git or 'unknown'}"
     )
+    if args.only == "memory":
+        return run_memory_only(args, bench, root, git, started_at, load_at_start)
     log("== search: highest rate with < 0.5% failed calls (peers alternate) ==")
     best = search_all(bench, PEERS)
     sbc_cps = best["sbc"]
@@ -781,6 +784,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_memory_only(
+    args: argparse.Namespace,
+    bench: Bench,
+    root: Path,
+    git: str,
+    started_at: str,
+    load_at_start: list[float],
+) -> dict[str, Any]:
+    """``--only memory``: the memory trial alone, at ``--memory-rate`` (no search, so no
+    ``sbc_cps`` to halve it against: pick a rate the SBC sustains, 500/s by default)."""
+    log(f"== SBC memory only: {args.memory_rate} calls/s held {args.hold_ms} ms ==")
+    mem = memory(bench, args.memory_rate, args.hold_ms)
+    if not args.keep_logs:
+        shutil.rmtree(root / "sbc-snapshot", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()
+    return {
+        "only": "memory",
+        "sbc_rss_mb_per_1k_calls": mem["rss_mb_per_1k_calls"],
+        "memory": {"rate": args.memory_rate, "hold_ms": args.hold_ms, **mem},
+        "proxy_cpus": args.proxy_cpus,
+        "sipp_cpus": args.sipp_cpus,
+        "workers": args.workers,
+        "date": started_at,
+        "git": git,
+        "loadavg_at_start": load_at_start,
+        "elapsed_s": round(bench.elapsed()),
+        "trials": [asdict(t) for t in bench.trials],
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=10.0, help="length of each trial's load")
@@ -813,6 +847,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--memory-rate", type=int, default=500, help="call rate of the memory trial")
     p.add_argument("--hold-ms", type=int, default=10000, help="call hold time, memory trial")
+    p.add_argument(
+        "--only",
+        choices=("memory",),
+        default=None,
+        help="run one part alone: `memory` is the memory trial at --memory-rate (about 1 min)",
+    )
     p.add_argument("--workdir", default=None, help="where trial logs go (default: a temp dir)")
     p.add_argument("--keep-logs", action="store_true", help="keep each trial's logs")
     args = p.parse_args(argv)
@@ -828,10 +868,17 @@ def main(argv: list[str] | None = None) -> int:
     except PartFailed as exc:
         log(f"a part of the benchmark failed:\n{exc}")
         return 1
-    log(
-        f"done in {result['elapsed_s']}s: sbc {result['sbc_cps']}/s, "
-        f"kamailio {result['kamailio_cps']}/s, ceiling {result['ceiling_cps']}/s"
-    )
+    if args.only == "memory":
+        mem = result["memory"]
+        log(
+            f"done in {result['elapsed_s']}s: {result['sbc_rss_mb_per_1k_calls']} MB per 1k "
+            f"calls, {mem['rss_bytes_per_transaction']} B per waiting transaction"
+        )
+    else:
+        log(
+            f"done in {result['elapsed_s']}s: sbc {result['sbc_cps']}/s, "
+            f"kamailio {result['kamailio_cps']}/s, ceiling {result['ceiling_cps']}/s"
+        )
     print(json.dumps(result), flush=True)
     return 0
 

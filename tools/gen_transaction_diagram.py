@@ -24,6 +24,7 @@ from teams_sbc.sip.transaction import (
     Timer,
     TimerConfig,
     TimerOp,
+    waiting_states,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "transactions.md"
@@ -87,9 +88,34 @@ def _timers() -> list[str]:
     return lines
 
 
+def _waiting() -> list[str]:
+    udp, reliable = TimerConfig().durations(False), TimerConfig().durations(True)
+    lines = [
+        "States in which a transaction only waits (`waiting_states()`, derived from the tables "
+        "below): it drops its request, ACK builder and timer slots, keeps its key, state and "
+        "context, and the last message it sent only where a row there resends it; its timer "
+        "has one length per transport, so it waits in a first-in first-out queue for that "
+        "length. A zero length ends the state as it is entered.",
+        "",
+        "| Machine | State | Waits on | UDP | TCP / TLS | Keeps the last message |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    resend = (Op.RESEND_RESPONSE, Op.RESEND_ACK)
+    for kind, table in MACHINES.items():
+        for state, timer in sorted(waiting_states(table).items()):
+            keeps = any(
+                op in resend for (s, _), (_, ops) in table.items() if s is state for op in ops
+            )
+            lines.append(
+                f"| {kind.label} | {state.name.title()} | {timer.name} | {udp[timer]:g} s "
+                f"| {reliable[timer]:g} s | {'yes' if keeps else 'no'} |"
+            )
+    return lines
+
+
 def render() -> str:
     """The generated block, markers included."""
-    lines = [BEGIN, "", "### Timers", "", *_timers()]
+    lines = [BEGIN, "", "### Timers", "", *_timers(), "", "### Waiting states", "", *_waiting()]
     for kind, table in MACHINES.items():
         title = f"{kind.label[0].upper()}{kind.label[1:]} ({_RFC[kind]})"
         lines += ["", f"### {title}", "", *_mermaid(table), "", *_rows(table)]

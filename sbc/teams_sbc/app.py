@@ -20,6 +20,9 @@ from aiohttp import web
 from teams_sbc.config import SbcConfig
 from teams_sbc.health import ExtraRoute, HealthServer
 from teams_sbc.logs import setup_logging
+from teams_sbc.media.commands import MediaResult
+from teams_sbc.media.driver import MediaDriver
+from teams_sbc.media.metrics import MediaMetrics
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import Proxy
@@ -34,9 +37,17 @@ class Sbc:
     def __init__(self, config: SbcConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.core = (
-            TeamsProxy(config, self.metrics) if config.teams else Proxy(config, self.metrics)
-        )
+        # Media (docs/media.md): the core parks messages on rtpengine; the driver runs the
+        # commands and feeds the results back (_media_done).
+        self.media: MediaDriver | None = None
+        media_metrics = MediaMetrics(self.metrics.registry) if config.media else None
+        # The Teams edge (docs/policies.md) is the core with the Teams rules on top.
+        core = TeamsProxy if config.teams else Proxy
+        self.core = core(config, self.metrics, media_metrics=media_metrics)
+        if config.media is not None and media_metrics is not None:
+            self.media = MediaDriver(
+                config.media, media_metrics, self._media_done, self._media_timeout
+            )
         self.transports = TransportLayer(
             config.listeners,
             self._on_message,
@@ -46,7 +57,7 @@ class Sbc:
             sni=sni_certificates(config),
             allow=allow_lists(config),
         )
-        routes: list[ExtraRoute] = []
+        routes: list[ExtraRoute] = list(self.media.routes()) if self.media is not None else []
         if isinstance(self.core, TeamsProxy):
             routes.append(("GET", "/teams", self._teams_status))
         self.health = HealthServer(
@@ -62,12 +73,15 @@ class Sbc:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.media is not None:
+            await self.media.start()
         await self.transports.start()
         self.core.set_bound_addresses(self.transports.bound)
         await self.health.start()
         if self.transports.tls:
             self._reloader = asyncio.get_running_loop().create_task(self._reload_tls())
-        self.metrics.ready.set(1)
+        # Read at scrape time: 0 while draining, or while no rtpengine can anchor a call.
+        self.metrics.ready.set_function(lambda: float(self.readiness()[0]))
         self._flush()  # arm the core's first timer (the Teams edge's OPTIONS are due at once)
         log.info(
             "sbc started",
@@ -92,6 +106,8 @@ class Sbc:
 
     def readiness(self) -> tuple[bool, list[str]]:
         reasons = self.core.not_ready_reasons()
+        if self.media is not None:
+            reasons += self.media.readiness_reasons()
         return (not reasons, reasons)
 
     async def drain(self, grace: float) -> None:
@@ -117,6 +133,8 @@ class Sbc:
             self._reloader.cancel()
         await self.transports.close()
         await self.health.stop()
+        if self.media is not None:
+            await self.media.close()
 
     # -- the core's driver --------------------------------------------------------------------
 
@@ -129,6 +147,17 @@ class Sbc:
         assert self._loop is not None
         self.core.send_failed(out, self._loop.time())
         self._flush()
+
+    def _media_done(self, command_id: int, result: MediaResult) -> None:
+        assert self._loop is not None
+        self.core.media_done(command_id, result, self._loop.time())
+        self._flush()
+
+    def _media_timeout(self, call_id: str, from_tag: str | None, to_tag: str | None) -> int:
+        assert self._loop is not None
+        count = self.core.media_timeout(call_id, from_tag, to_tag, self._loop.time())
+        self._flush()
+        return count
 
     def _on_timer(self) -> None:
         assert self._loop is not None
@@ -145,6 +174,9 @@ class Sbc:
             send = self.transports.send
             for out in outbox:
                 send(out)
+        if self.core.media_commands and self.media is not None:
+            commands, self.core.media_commands = self.core.media_commands, []
+            self.media.submit(commands)
         # The loop timer is only moved EARLIER. Most messages push the core's next deadline
         # later (a timer stopped by a response), and re-arming for each would cost a loop
         # timer per message; a timer that fires early instead finds nothing due, and

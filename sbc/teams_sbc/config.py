@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from teams_sbc.media.config import MediaConfig
 from teams_sbc.teams.config import TeamsConfig
 
 Transport = Literal["udp", "tcp", "tls"]
@@ -186,6 +187,11 @@ class SbcConfig(_Model):
         description="The Teams Direct Routing edge (docs/policies.md); without it the SBC is a "
         "plain SIP proxy between its listeners.",
     )
+    media: MediaConfig | None = Field(
+        default=None,
+        description="rtpengine anchors the media of every call (docs/media.md); without this "
+        "section SDP passes through untouched.",
+    )
 
     @field_validator("listeners")
     @classmethod
@@ -217,6 +223,21 @@ class SbcConfig(_Model):
                 )
             if self.teams.carrier_listener == self.teams.teams_listener:
                 raise ValueError("teams.carrier_listener and teams.teams_listener must differ")
+        return self
+
+    @model_validator(mode="after")
+    def _media_references(self) -> SbcConfig:
+        if self.media is None:
+            return self
+        names = {listener.name for listener in self.listeners}
+        unknown = [n for n in self.media.teams_listeners if n not in names]
+        if unknown:
+            raise ValueError(f"media.teams_listeners names unknown listeners {unknown}")
+        if not self.record_route:
+            raise ValueError(
+                "media needs record_route: true (the BYE that frees a call's media, and the "
+                "rtpengine a call sticks to, come back along the Record-Route)"
+            )
         return self
 
 

@@ -7,10 +7,14 @@ actions that come out, with the exact time of every retransmission and timeout.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import itertools
+import tracemalloc
+import weakref
 from pathlib import Path
 from types import ModuleType
+from typing import ClassVar
 
 import pytest
 
@@ -33,6 +37,7 @@ from teams_sbc.sip.transaction import (
     Transaction,
     TransactionTable,
     TransportFailed,
+    waiting_states,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -907,3 +912,263 @@ def test_without_serialise_a_waiting_transaction_keeps_the_message(
     txn = server_txn(table, "BYE")
     respond(table, txn, 200, now=1.0)
     assert txn.request is None and txn.last == b"200"
+
+
+# ------------------------------------------------------------------------------------------
+# The compact waiting states: what a proxied call leaves behind for timers L, M, J and K
+# ------------------------------------------------------------------------------------------
+
+
+def test_waiting_states_are_derived_from_the_tables() -> None:
+    """The states a transaction only waits in, and the timer it waits on (docs/transactions.md):
+    RFC 6026's Accepted states, and the Completed/Confirmed states that absorb copies."""
+    assert {kind: waiting_states(MACHINES[kind]) for kind in Kind} == {
+        Kind.INVITE_CLIENT: {State.COMPLETED: Timer.D, State.ACCEPTED: Timer.M},
+        Kind.NON_INVITE_CLIENT: {State.COMPLETED: Timer.K},
+        Kind.INVITE_SERVER: {State.ACCEPTED: Timer.L, State.CONFIRMED: Timer.I},
+        Kind.NON_INVITE_SERVER: {State.COMPLETED: Timer.J},
+    }
+
+
+class Msg:
+    """A message object the TU would have; ``made`` has a weak reference to each one made, to
+    see whether anything still holds them."""
+
+    made: ClassVar[list[weakref.ref[Msg]]] = []
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        Msg.made.append(weakref.ref(self))
+
+    def __repr__(self) -> str:
+        return f"Msg({self.text!r})"
+
+
+def wire(msg: object) -> bytes:
+    return f"wire:{msg.text}".encode() if isinstance(msg, Msg) else b"?"
+
+
+UPSTREAM = "z9hG4bK-up"  # the caller's branches (INVITE, then BYE)
+DOWNSTREAM = "z9hG4bKts-down"  # ours towards the callee
+
+
+class Call:
+    """A proxied call through one table, the way the proxy drives it: INVITE in, forwarded, 200
+    back and forwarded; later BYE in, forwarded, 200 back and forwarded. Messages are
+    :class:`Msg` objects and the table serialises with :func:`wire`, like the proxy."""
+
+    def __init__(self, table: TransactionTable[Msg], n: int = 0) -> None:
+        self.table = table
+        self.n = n
+
+    def up(self, what: str) -> str:
+        return f"{UPSTREAM}-{what}-{self.n}"
+
+    def down(self, what: str) -> str:
+        return f"{DOWNSTREAM}-{what}-{self.n}"
+
+    def set_up(self, now: float) -> tuple[Transaction[Msg], Transaction[Msg]]:
+        t = self.table
+        out = t.receive_request(
+            Msg("INVITE"), method="INVITE", branch=self.up("i"), sent_by=SENT_BY,
+            reliable=False, now=now,
+        )  # fmt: skip
+        server = out[0].txn  # type: ignore[union-attr]
+        t.respond(server, Msg("100"), status=100, now=now)
+        client, _ = t.send_request(
+            Msg("INVITE fwd"), method="INVITE", branch=self.down("i"), reliable=False, now=now,
+            build_ack=lambda r: Msg("ACK"),
+        )  # fmt: skip
+        t.receive_response(Msg("180"), status=180, method="INVITE", branch=self.down("i"), now=now)
+        t.respond(server, Msg("180"), status=180, now=now)
+        t.receive_response(Msg("200"), status=200, method="INVITE", branch=self.down("i"), now=now)
+        t.respond(server, Msg("200"), status=200, now=now)
+        return server, client
+
+    def tear_down(self, now: float) -> tuple[Transaction[Msg], Transaction[Msg]]:
+        t = self.table
+        out = t.receive_request(
+            Msg("BYE"), method="BYE", branch=self.up("b"), sent_by=SENT_BY, reliable=False,
+            now=now,
+        )  # fmt: skip
+        server = out[0].txn  # type: ignore[union-attr]
+        client, _ = t.send_request(
+            Msg("BYE fwd"), method="BYE", branch=self.down("b"), reliable=False, now=now
+        )
+        t.receive_response(Msg("200 BYE"), status=200, method="BYE", branch=self.down("b"), now=now)
+        t.respond(server, Msg("200 BYE"), status=200, now=now)
+        return server, client
+
+
+def test_a_finished_call_waits_compactly_and_each_timer_ends_it_exactly_on_time() -> None:
+    table = TransactionTable[Msg](TimerConfig(t1=T1, t2=T2, t4=T4), serialise=wire)
+    call = Call(table)
+    invite_server, invite_client = call.set_up(now=1.0)
+    bye_server, bye_client = call.tear_down(now=11.0)
+    # Each only waits now, holding no request, and the last message only where a row resends it.
+    expected = {
+        invite_server: (State.ACCEPTED, {Timer.L: 33.0}, None),  # RFC 6026 7.1: absorb only
+        invite_client: (State.ACCEPTED, {Timer.M: 33.0}, None),
+        bye_server: (State.COMPLETED, {Timer.J: 43.0}, b"wire:200 BYE"),  # as it went out
+        bye_client: (State.COMPLETED, {Timer.K: 16.0}, None),
+    }
+    for txn, (st, timers, last) in expected.items():
+        assert (txn.state, txn.timers, txn.request, txn.last) == (st, timers, None, last), txn
+    assert len(table) == 4 and table.heap_size() == 4 + 2  # 4 queue entries, 2 dead A/E entries
+
+    # L: a retransmitted INVITE is absorbed, nothing sent, nothing passed up.
+    again = table.receive_request(
+        Msg("INVITE"), method="INVITE", branch=call.up("i"), sent_by=SENT_BY, reliable=False,
+        now=32.9,
+    )  # fmt: skip
+    assert again == []
+    # M: a 2xx retransmission from downstream goes up; the TU sends it through the server side.
+    up = table.receive_response(
+        Msg("200 again"), status=200, method="INVITE", branch=call.down("i"), now=32.9
+    )
+    assert [(type(a), a.txn) for a in up] == [(PassUp, invite_client)]  # type: ignore[union-attr]
+    forwarded = up[0].message  # type: ignore[union-attr]
+    assert isinstance(forwarded, Msg)
+    sent = table.respond(invite_server, forwarded, status=200, now=32.9)
+    assert [(type(a), a.txn, a.message) for a in sent] == [  # type: ignore[union-attr]
+        (Send, invite_server, forwarded)
+    ]
+    assert invite_server.last is None  # and nothing of it is kept
+    # J: a retransmitted BYE is answered from the kept bytes.
+    bye_again = table.receive_request(
+        Msg("BYE"), method="BYE", branch=call.up("b"), sent_by=SENT_BY, reliable=False, now=15.9
+    )
+    assert [(a.message, a.retransmission) for a in bye_again] == [  # type: ignore[union-attr]
+        (b"wire:200 BYE", True)
+    ]
+    # K: a retransmitted 200 for the BYE is absorbed.
+    absorbed = table.stats.retransmissions_absorbed
+    assert table.receive_response(
+        Msg("200 BYE"), status=200, method="BYE", branch=call.down("b"), now=15.9
+    ) == []
+    assert table.stats.retransmissions_absorbed == absorbed + 1
+
+    # Exactly on time: nothing a hair before each deadline, the transaction at it.
+    def ends(at: float) -> list[Transaction[Msg]]:
+        assert table.advance(at - 1e-9) == []
+        assert table.next_deadline() == at
+        done = table.advance(at)
+        assert all(type(a) is Terminated for a in done)
+        return [a.txn for a in done]  # type: ignore[union-attr]
+
+    assert ends(16.0) == [bye_client]
+    assert ends(33.0) == [invite_client, invite_server]  # joined in that order, same deadline
+    assert ends(43.0) == [bye_server]
+    assert table.next_deadline() is None and len(table) == 0 and table.heap_size() == 0
+    # After L, the same INVITE is a new transaction (RFC 6026 7.1: L is for retransmissions).
+    late = table.receive_request(
+        Msg("INVITE"), method="INVITE", branch=call.up("i"), sent_by=SENT_BY, reliable=False,
+        now=43.0,
+    )  # fmt: skip
+    assert [type(a) for a in late] == [PassUp]
+
+
+def test_a_waiting_transaction_lets_go_of_every_message_object() -> None:
+    table = TransactionTable[Msg](TimerConfig(t1=T1, t2=T2, t4=T4), serialise=wire)
+    Msg.made.clear()
+    call = Call(table)
+    call.set_up(now=0.0)
+    call.tear_down(now=1.0)
+    gc.collect()
+    assert len(Msg.made) == 11  # INVITE, 100, INVITE fwd, 180 x2, 200 x2, BYE, BYE fwd, 200 x2
+    assert [ref() for ref in Msg.made] == [None] * 11  # only bytes are kept (the BYE's 200)
+    assert len(table) == 4
+
+
+def test_waiting_timers_and_heap_timers_fire_in_deadline_order_when_the_loop_is_late(
+    table: TransactionTable[bytes],
+) -> None:
+    bye, _ = table.send_request(b"BYE", method="BYE", branch="z9hG4bK-b", reliable=False, now=0.0)
+    table.receive_response(b"200", status=200, method="BYE", branch="z9hG4bK-b", now=0.1)  # K 5.1
+    invite, _ = table.send_request(
+        b"INVITE", method="INVITE", branch="z9hG4bK-i", reliable=True, now=0.0, build_ack=ack_for
+    )  # B at 32, in the heap
+    out = table.receive_request(
+        b"BYE", method="BYE", branch="z9hG4bK-s", sent_by=SENT_BY, reliable=False, now=1.0
+    )
+    server = out[0].txn  # type: ignore[union-attr]
+    table.respond(server, b"200", status=200, now=1.0)  # J at 33
+    fired = table.advance(100.0)
+    assert [(summary(a), a.txn) for a in fired] == [  # type: ignore[union-attr]
+        (("terminated",), bye),
+        (("timeout", "B"), invite),
+        (("terminated",), invite),
+        (("terminated",), server),
+    ]
+
+
+def test_a_waiting_transaction_ended_by_a_transport_error_leaves_its_successor_alone(
+    table: TransactionTable[bytes], clock: Clock
+) -> None:
+    first = server_txn(table, "INVITE", now=0.0)
+    respond(table, first, 200, now=0.0)  # Accepted, L at 32
+    assert summarise(table.transport_error(first, now=1.0)) == [
+        ("transport failed",),
+        ("terminated",),
+    ]
+    # The same INVITE again is a new transaction; it is accepted later, so its L is later.
+    second = server_txn(table, "INVITE", now=2.0)
+    respond(table, second, 200, now=3.0)
+    assert second is not first and second.timers == {Timer.L: 35.0}
+    assert clock.run(34.0) == []  # the first one's old deadline passes: nothing, nobody ends
+    assert state(second) is State.ACCEPTED and request(table, "INVITE", now=34.0) == []
+    assert clock.run(100.0) == [(35.0, ("terminated",))]
+    assert table.heap_size() == 0
+
+
+def test_over_tcp_the_zero_length_waits_end_at_once_and_l_m_still_run(
+    table: TransactionTable[bytes], clock: Clock
+) -> None:
+    """Timers D, I, J and K are zero over reliable transports; L and M are 64*T1 everywhere."""
+    server = server_txn(table, "BYE", reliable=True)
+    assert respond(table, server, 200, now=1.0) == [("send", b"200"), ("terminated",)]
+    invite = server_txn(table, "INVITE", reliable=True, now=1.0)
+    respond(table, invite, 200, now=2.0)
+    assert invite.timers == {Timer.L: 34.0}
+    assert clock.run(100.0) == [(34.0, ("terminated",))]
+
+
+def test_the_branch_of_a_transaction_is_what_it_was_created_with(
+    table: TransactionTable[bytes],
+) -> None:
+    client, _ = invite_client(table)
+    assert client.branch == BRANCH
+    odd = "z9hG4bK with spaces"  # a branch is opaque to the table: even a quoted one matches
+    txn = table.receive_request(
+        b"BYE", method="BYE", branch=odd, sent_by=SENT_BY, reliable=False, now=0.0
+    )[0].txn  # type: ignore[union-attr]
+    assert txn.branch == odd
+    assert request(table, "BYE", branch=odd) == []  # matched: a retransmission
+    assert request(table, "BYE", branch="z9hG4bK") != []  # not a prefix match
+
+
+def test_memory_held_per_waiting_transaction_is_bounded() -> None:
+    """20,000 finished calls (80,000 waiting transactions): the table's own share of the memory
+    (the bytes a BYE's answer is resent from aside) stays under 300 B per transaction. It was
+    about 640 B before waiting transactions dropped their live part."""
+    table = TransactionTable[Msg](TimerConfig(t1=T1, t2=T2, t4=T4), serialise=wire)
+    calls = 20_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(calls):
+            now = n * 0.0002  # 5,000 calls/s: all still waiting at the end
+            call = Call(table, n)
+            call.set_up(now)
+            call.tear_down(now)
+        Msg.made.clear()  # (the test's own weak references)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(table) == 4 * calls
+    kept_bytes = calls * (33 + len(b"wire:200 BYE"))  # the BYE server's last response
+    per_txn = (held - kept_bytes) / (4 * calls)
+    assert per_txn < 300, f"{per_txn:.0f} B per waiting transaction"
+    table.advance(1000.0)
+    assert len(table) == 0 and table.heap_size() == 0

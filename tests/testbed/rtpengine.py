@@ -8,6 +8,7 @@ reuses the cookie and a new command gets a fresh one.
 from __future__ import annotations
 
 import secrets
+import signal
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -112,10 +113,26 @@ class Rtpengine:
         return NgClient(self.host, self.ng_port, timeout)
 
     def start(self, timeout: float = 20.0) -> Rtpengine:
-        binary = require_binary("rtpengine")
         self.ng_port = free_port(socket.SOCK_DGRAM, self.host)
         self.port_min = free_port_range(self.port_count, self.host)
         self.port_max = self.port_min + self.port_count - 1
+        return self._run(timeout)
+
+    def restart(self, timeout: float = 20.0) -> Rtpengine:
+        """Start again on the same control port and port range (after :meth:`kill` or
+        :meth:`stop`), as a supervisor restarting a crashed daemon would."""
+        if self.proc is not None and self.proc.alive():
+            raise RuntimeError(f"{self.name} is still running")
+        return self._run(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the daemon dies at once with every session (a crash)."""
+        if self.proc is not None:
+            self.proc.signal(signal.SIGKILL)
+            self.proc.popen.wait(10)
+
+    def _run(self, timeout: float) -> Rtpengine:
+        binary = require_binary("rtpengine")
         args = [
             binary,
             "--config-file=none",

@@ -151,18 +151,36 @@ class SbcProcess:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, timeout: float = 20.0) -> SbcProcess:
+    def start(self, timeout: float = 20.0, *, ready: bool = True) -> SbcProcess:
+        """Run it; wait for ``/readyz`` to say ready, or with ``ready=False`` (an SBC meant
+        to start unready, e.g. with no rtpengine up) only for ``/healthz``."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         args = [*teams_sbc_command(), "run", "--config", str(self.config_path)]
         self.proc = ManagedProcess(
             self.name, args, self.work_dir, env={"PYTHONUNBUFFERED": "1"}, cwd=self.work_dir
         )
-        wait_until(self._ready, timeout, f"{self.name} to answer GET /readyz with 200", self.proc)
+        if ready:
+            wait_until(
+                self._ready, timeout, f"{self.name} to answer GET /readyz with 200", self.proc
+            )
+        else:
+            wait_until(
+                self._alive, timeout, f"{self.name} to answer GET /healthz with 200", self.proc
+            )
         return self
 
     def _ready(self) -> bool:
         return self.http("/readyz")[0] == 200
+
+    def _alive(self) -> bool:
+        return self.http("/healthz")[0] == 200
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """``GET /readyz``: (ready, the reasons it gives when not)."""
+        status, body = self.http("/readyz")
+        reasons = json.loads(body).get("reasons", []) if body.startswith("{") else [body]
+        return status == 200, [str(r) for r in reasons]
 
     def terminate(self, timeout: float = 20.0) -> int:
         """SIGTERM (a drain), then wait for the exit; returns the exit code."""

@@ -230,6 +230,98 @@ class UacRun:
     message_path: Path | None
 
 
+class SippUac:
+    """A sipp UAC running in the background (see :meth:`SippFactory.start_uac`): the test
+    talks to it meanwhile (its SIP ``port`` is known) and collects it with :meth:`finish`."""
+
+    def __init__(
+        self,
+        proc: ManagedProcess,
+        name: str,
+        port: int,
+        calls: int,
+        stat_path: Path,
+        error_path: Path,
+        message_path: Path | None,
+    ) -> None:
+        self.proc = proc
+        self.name = name
+        self.port = port
+        self.calls = calls
+        self.stat_path = stat_path
+        self.error_path = error_path
+        self.message_path = message_path
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    def finish(self, timeout: float = 60.0) -> UacRun:
+        """Wait for the run to end; its statistics, as :func:`run_uac` returns them."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.stop()
+            raise PartFailed(
+                f"{self.name} did not finish {self.calls} calls within {timeout:.0f}s\n"
+                + self.proc.log_tail()
+            ) from None
+        tail = self.proc.log_tail()
+        self.proc.stop()
+        if code in _FATAL_EXITS or not self.stat_path.exists():
+            reason = _FATAL_EXITS.get(code, "no statistics written")
+            raise PartFailed(f"{self.name} failed to run ({reason}, exit {code})\n{tail}")
+        return UacRun(
+            stats_from_csv(self.stat_path, code),
+            self.proc.log_path,
+            self.error_path,
+            self.message_path,
+        )
+
+
+def start_uac(
+    target: str,
+    log_dir: Path,
+    *,
+    name: str = "sipp-uac",
+    calls: int = 5,
+    rate: float = 10.0,
+    transport: Transport = "u1",
+    scenario: str | Path = "uac",
+    host: str = "127.0.0.1",
+    recv_timeout: str = "10s",
+    trace_messages: bool = False,
+    extra_args: Sequence[str] = (),
+    local_port: int | None = None,
+) -> SippUac:
+    """Start sipp's UAC against ``target`` (``host:port``) in the background."""
+    sipp = require_binary("sipp")
+    stat_path = log_dir / f"{name}.stat.csv"
+    error_path = log_dir / f"{name}.errors.log"
+    message_path = log_dir / f"{name}.messages.log" if trace_messages else None
+    if local_port is None:
+        local_port = (
+            free_port_both(host) if transport == "t1" else free_port(socket.SOCK_DGRAM, host)
+        )
+    args = [
+        sipp,
+        *_scenario_args(scenario),
+        target,
+        "-i", host,
+        "-p", str(local_port),
+        "-t", transport,
+        "-m", str(calls),
+        "-r", f"{rate:g}",
+        "-recv_timeout", recv_timeout,
+        "-nostdin",
+        "-trace_stat", "-stf", str(stat_path),
+        "-trace_err", "-error_file", str(error_path),
+        *(["-trace_msg", "-message_file", str(message_path)] if message_path else []),
+        *extra_args,
+    ]  # fmt: skip
+    proc = ManagedProcess(name, args, log_dir, cwd=log_dir)
+    return SippUac(proc, name, local_port, calls, stat_path, error_path, message_path)
+
+
 def run_uac(
     target: str,
     log_dir: Path,
@@ -251,41 +343,20 @@ def run_uac(
     sipp that cannot run at all (fatal exit, no statistics, hung) raises :class:`PartFailed`.
     ``recv_timeout`` makes a stuck call fail instead of hanging the run.
     """
-    sipp = require_binary("sipp")
-    stat_path = log_dir / f"{name}.stat.csv"
-    error_path = log_dir / f"{name}.errors.log"
-    message_path = log_dir / f"{name}.messages.log" if trace_messages else None
-    local_port = free_port_both(host) if transport == "t1" else free_port(socket.SOCK_DGRAM, host)
-    args = [
-        sipp,
-        *_scenario_args(scenario),
+    uac = start_uac(
         target,
-        "-i", host,
-        "-p", str(local_port),
-        "-t", transport,
-        "-m", str(calls),
-        "-r", f"{rate:g}",
-        "-recv_timeout", recv_timeout,
-        "-nostdin",
-        "-trace_stat", "-stf", str(stat_path),
-        "-trace_err", "-error_file", str(error_path),
-        *(["-trace_msg", "-message_file", str(message_path)] if message_path else []),
-        *extra_args,
-    ]  # fmt: skip
-    proc = ManagedProcess(name, args, log_dir, cwd=log_dir)
-    try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.stop()
-        raise PartFailed(
-            f"{name} did not finish {calls} calls within {timeout:.0f}s\n" + proc.log_tail()
-        ) from None
-    tail = proc.log_tail()
-    proc.stop()
-    if code in _FATAL_EXITS or not stat_path.exists():
-        reason = _FATAL_EXITS.get(code, "no statistics written")
-        raise PartFailed(f"{name} failed to run ({reason}, exit {code})\n{tail}")
-    return UacRun(stats_from_csv(stat_path, code), proc.log_path, error_path, message_path)
+        log_dir,
+        name=name,
+        calls=calls,
+        rate=rate,
+        transport=transport,
+        scenario=scenario,
+        host=host,
+        recv_timeout=recv_timeout,
+        trace_messages=trace_messages,
+        extra_args=extra_args,
+    )
+    return uac.finish(timeout)
 
 
 class SippFactory:
@@ -295,6 +366,7 @@ class SippFactory:
         self.log_dir = log_dir
         self._ids = itertools.count(1)
         self._uases: list[SippUas] = []
+        self._uacs: list[SippUac] = []
 
     def uas(
         self,
@@ -342,7 +414,39 @@ class SippFactory:
             timeout=timeout,
         )
 
+    def start_uac(
+        self,
+        target: str,
+        *,
+        calls: int = 1,
+        rate: float = 10.0,
+        transport: Transport = "u1",
+        scenario: str | Path = "uac",
+        trace_messages: bool = True,
+        recv_timeout: str = "20s",
+        extra_args: Sequence[str] = (),
+    ) -> SippUac:
+        """A UAC in the background; :meth:`SippUac.finish` collects it (:meth:`stop_all`
+        stops it if the test ends first)."""
+        uac = start_uac(
+            target,
+            self.log_dir,
+            name=f"sipp-uac-{next(self._ids)}",
+            calls=calls,
+            rate=rate,
+            transport=transport,
+            scenario=scenario,
+            trace_messages=trace_messages,
+            recv_timeout=recv_timeout,
+            extra_args=extra_args,
+        )
+        self._uacs.append(uac)
+        return uac
+
     def stop_all(self) -> None:
+        for uac in reversed(self._uacs):
+            uac.proc.stop()
+        self._uacs.clear()
         for uas in reversed(self._uases):
             uas.stop()
         self._uases.clear()

@@ -1,6 +1,6 @@
-"""The media section of the config file: which rtpengine instances anchor calls, and how we talk
-to them. The lead hooks :class:`MediaConfig` into ``SbcConfig``; it follows config.py's style
-(unknown keys refused, frozen, every field described for the generated docs).
+"""The media section of the config file (``media:`` in ``SbcConfig``): which rtpengine instances
+anchor calls, how we talk to them, and which listeners face Teams. It follows config.py's style
+(unknown keys refused, frozen, every field described for the generated docs/config.md).
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class RtpengineInstance(_Model):
 
 
 class MediaConfig(_Model):
-    """rtpengine instances and the ng client's timing."""
+    """rtpengine anchors the media of every call with SDP: SRTP (SDES) towards the listeners in
+    `teams_listeners`, plain RTP towards every other listener (docs/media.md)."""
 
     rtpengines: list[RtpengineInstance] = Field(
         min_length=1, description="The rtpengine instances new calls are spread over."
@@ -116,6 +117,26 @@ class MediaConfig(_Model):
     )
     ping_timeout: float = Field(
         default=1.0, gt=0, description="Seconds a health ping waits for `pong` (one attempt)."
+    )
+    teams_listeners: list[str] = Field(
+        default_factory=list,
+        description="Names of the listeners that face Teams: SDP sent out of them gets "
+        "RTP/SAVP with SDES keys. SDP sent out of any other listener (the carrier side) gets "
+        "plain RTP/AVP. Empty: the `teams` section's `teams_listener`, if there is one.",
+    )
+    retry_after: int = Field(
+        default=10,
+        ge=0,
+        le=3600,
+        description="Seconds in the Retry-After of the 503 a new call gets when no rtpengine "
+        "can anchor it.",
+    )
+    dialog_audit_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the SBC asks rtpengine whether a call it remembers (for the "
+        "media-timeout BYEs) still exists, so calls ended through another replica are "
+        "forgotten.",
     )
     teams_sdes_suites: list[str] = Field(
         default=list(TEAMS_SDES_SUITES),
@@ -140,6 +161,12 @@ class MediaConfig(_Model):
                 f"unknown SDES suites {unknown}; rtpengine has {RTPENGINE_SDES_SUITES}"
             )
         return value
+
+    @property
+    def command_deadline(self) -> float:
+        """How long the SIP core waits for any ng command before giving up on it: the
+        client's whole retransmission schedule plus a second."""
+        return sum(self.retransmit_intervals) + 1.0
 
     @model_validator(mode="after")
     def _unique(self) -> MediaConfig:

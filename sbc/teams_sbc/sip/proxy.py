@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+import itertools
 import logging
 import secrets
 from collections import OrderedDict
@@ -26,9 +27,21 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from teams_sbc.config import Route, SbcConfig
+from teams_sbc.media.commands import Failure, MediaCommand, MediaResult, Op
+from teams_sbc.media.legs import Leg
+from teams_sbc.media.metrics import MediaMetrics
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.errors import SipParseError
 from teams_sbc.sip.headers import Via, parse_name_addr
+from teams_sbc.sip.media import (
+    MEDIA_TIMEOUT_REASON,
+    Dialog,
+    MediaState,
+    Pending,
+    sdp_of,
+    token_in,
+    with_token,
+)
 from teams_sbc.sip.message import (
     DEFAULT_MAX_FORWARDS,
     Message,
@@ -53,7 +66,7 @@ from teams_sbc.sip.transaction import (
     TransactionTable,
     TransportFailed,
 )
-from teams_sbc.sip.uri import SipUri, Uri
+from teams_sbc.sip.uri import SipUri, Uri, parse_uri
 
 log = logging.getLogger("teams_sbc.proxy")
 
@@ -78,6 +91,8 @@ COUNTED_METHODS = frozenset(
 )  # fmt: skip
 _PENDING = frozenset({State.CALLING, State.TRYING, State.PROCEEDING})
 _UNKNOWN = object()
+#: Commands whose deadline passed, kept (this many at most) so a late success can be undone.
+_EXPIRED_KEPT = 4096
 _T = TypeVar("_T", str, Peer)
 _OURS_CACHE_SIZE = 4096
 
@@ -117,6 +132,7 @@ class _ServerCtx:
     peer: Peer
     listener: str
     rctx: _ResponseContext | None = None
+    parked: Pending | None = None  # the INVITE waits for rtpengine's offer
     edge: Any = None  # what a policy layer (teams.edge) keeps about this request
 
 
@@ -124,7 +140,10 @@ class _ServerCtx:
 class _ClientCtx:
     peer: Peer
     listener: str
-    rctx: _ResponseContext | None  # None for a CANCEL we originate
+    rctx: _ResponseContext | None  # None for a CANCEL we originate, and once final_sent
+    #: The server transaction it forwards for: an INVITE client that got a 2xx keeps sending
+    #: further 2xx there (16.7 step 5, RFC 6026 7.2) after dropping the response context.
+    server: Transaction[Message] | None = None
     edge: Any = None  # what a policy layer (teams.edge) keeps about this branch
 
 
@@ -138,6 +157,7 @@ class _ResponseContext:
     best: Response | None = None
     final_sent: bool = False
     cancelled: bool = False
+    media: MediaState | None = None  # the offer went through rtpengine
 
 
 class Proxy:
@@ -150,6 +170,7 @@ class Proxy:
         *,
         token: Callable[[int], str] = secrets.token_hex,
         timer_c: float = TIMER_C,
+        media_metrics: MediaMetrics | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -185,6 +206,7 @@ class Proxy:
         self._received = [0] * 7
         metrics.observe_messages(self.request_counts, self.response_counts)
         metrics.observe_transactions(self.transaction_counts, self.transaction_stats)
+        self._init_media(media_metrics)
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -238,6 +260,20 @@ class Proxy:
         shares[value] = value
         return value
 
+    def _finished(self, ctx: _ServerCtx | _ClientCtx) -> _ServerCtx | _ClientCtx:
+        """The context of a transaction whose final response is decided: where its messages
+        go, without a response context. One object per destination, shared (its ``rctx`` stays
+        None: only a new request's own context gets one), since thousands such transactions
+        wait for timers J, K and L at once. Bounded like ``_ours``."""
+        peer = ctx.peer
+        key = (type(ctx), peer, peer.server_name, ctx.listener)  # (not part of a Peer's equality)
+        found: _ServerCtx | _ClientCtx | None = self._shares.get(key)
+        if found is None:
+            if len(self._shares) >= _OURS_CACHE_SIZE:
+                self._shares.clear()
+            found = self._shares[key] = type(ctx)(peer, ctx.listener, None)
+        return found
+
     def _uri_is_ours(self, uri: Uri) -> _Local | None:
         if not isinstance(uri, SipUri):
             return None
@@ -265,6 +301,11 @@ class Proxy:
         if self._timer_c:
             c_at = next(iter(self._timer_c.values()))
             deadline = c_at if deadline is None else min(deadline, c_at)
+        if self._media_on:
+            for queue in (self._pending_due, self._audits):
+                if queue:
+                    at = next(iter(queue.values()))
+                    deadline = at if deadline is None else min(deadline, at)
         return deadline
 
     def advance(self, now: float) -> None:
@@ -276,6 +317,8 @@ class Proxy:
                 break
             del timer_c[client]
             self._timer_c_fired(client, now)
+        if self._media_on:
+            self._media_advance(now)
 
     def _start_timer_c(self, client: Transaction[Message], now: float) -> None:
         """16.6 step 11, 16.7 step 2: (re)start timer C; a reset moves it to the end."""
@@ -439,8 +482,10 @@ class Proxy:
             self._reply(txn, req, 420, "Bad Extension", now, [("Unsupported", ", ".join(required))])
             return
         # 16.4: Route information preprocessing.
-        out_local, next_route, ruri_local = self._pop_own_routes(req)
+        out_local, next_route, ruri_local, token = self._pop_own_routes(req)
         in_dialog = req.to_tag is not None
+        if in_dialog and self._media_on:
+            self._media_in_dialog(req, token)
         if self.draining and not in_dialog and method == "INVITE":
             self._reply(
                 txn, req, 503, "Service Unavailable (draining)", now, [("Retry-After", "30")]
@@ -464,7 +509,9 @@ class Proxy:
                 self._reply(txn, req, 404, "Not Found (no route)", now)
                 return
             route_cfg, target, dest = hop
-        self._forward(txn, req, target, dest, out_local, route_cfg, max_forwards, loop_hash, now)
+        self._forward(
+            txn, req, target, dest, out_local, route_cfg, max_forwards, loop_hash, now, token
+        )
 
     def _forward(
         self,
@@ -477,9 +524,16 @@ class Proxy:
         max_forwards: int | None,
         loop_hash: str,
         now: float,
+        token: str | None = None,
+        media: MediaState | None = None,
+        offered: bool = False,
     ) -> None:
         """16.6: copy, adjust and send the request to one target, statefully. ``dest`` is
-        ``target`` resolved already (the configured next hop's), or None to resolve it here."""
+        ``target`` resolved already (the configured next hop's), or None to resolve it here.
+
+        An INVITE with SDP first goes to rtpengine (``offered`` False): it is parked, and
+        forwarded by this same method, with rtpengine's SDP, ``media`` and the instance's
+        ``token``, once the driver reports the offer (:meth:`_offer_done`)."""
         ctx: _ServerCtx = txn.context
         if dest is None:
             dest = self._resolve(target)
@@ -490,8 +544,19 @@ class Proxy:
         if local is None:
             self._reply(txn, req, 503, f"Service Unavailable (no {dest.transport} listener)", now)
             return
+        if not offered and self._media_on and req.method == "INVITE":
+            resolved = dest
+
+            def forward(relay: str | None, state: MediaState, later: float) -> None:
+                self._forward(
+                    txn, req, target, resolved, out_local, route_cfg, max_forwards, loop_hash,
+                    later, relay, state, offered=True,
+                )  # fmt: skip
+
+            if self._park_offer(txn, req, local, token, forward, now):
+                return
         in_local = self._locals[ctx.listener]
-        fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash)
+        fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash, token)
         self._edit_forwarded(txn, fwd, in_local, local)
         # 18.1.1: a request over 1,300 bytes must not go over UDP; where the next hop takes TCP
         # (a TCP listener to send from, and the route allows it) it goes there instead. The
@@ -501,18 +566,19 @@ class Proxy:
             if tcp_local is not None and (route_cfg is None or route_cfg.large_over_tcp):
                 dest = Peer("tcp", dest.host, dest.port)
                 local = tcp_local
-                fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash)
+                fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash, token)
                 self._edit_forwarded(txn, fwd, in_local, local)
             else:
                 self._large_over_udp(txn, fwd)
         rctx = ctx.rctx = _ResponseContext(txn, req.call_id)
+        rctx.media = media
         client, actions = self.txns.send_request(
             fwd,
             method=req.method,
             branch=branch,
             reliable=dest.reliable,
             now=now,
-            context=_ClientCtx(dest, local.name, rctx),
+            context=_ClientCtx(dest, local.name, rctx, txn),
             build_ack=_ack_builder(fwd) if req.method == "INVITE" else None,
         )
         rctx.branches += (client,)
@@ -552,10 +618,12 @@ class Proxy:
         local: _Local,
         max_forwards: int | None,
         loop_hash: str,
+        token: str | None = None,
     ) -> tuple[Request, str]:
         """16.6 steps 1-8 for one target: the copy, Max-Forwards, Record-Route and our Via.
 
-        Returns the copy and the branch of our Via (the client transaction's key).
+        Returns the copy and the branch of our Via (the client transaction's key). ``token``
+        names the rtpengine instance that anchors the call, carried in our Record-Route.
         """
         fwd = req.copy()
         headers = fwd.headers
@@ -563,41 +631,49 @@ class Proxy:
         headers.set("Max-Forwards", _next_max_forwards(max_forwards))
         # 16.6 step 4: Record-Route on dialog-creating requests outside a dialog.
         if self.config.record_route and req.method in DIALOG_CREATING and req.to_tag is None:
-            self._record_route(fwd, in_local, local)
+            self._record_route(fwd, in_local, local, token)
         # 16.6 step 8: our Via, its branch unique to this hop and carrying the loop hash.
         branch = self._branch(req, local, loop_hash)
         headers.prepend("Via", local.via_prefix + branch)
         return fwd, branch
 
-    def _record_route(self, fwd: Request, in_local: _Local, out_local: _Local) -> None:
+    def _record_route(
+        self, fwd: Request, in_local: _Local, out_local: _Local, token: str | None = None
+    ) -> None:
         """16.6 step 4: one Record-Route, or two (r2=on) when the request changes listener.
 
         The top entry faces the next hop (it sends in-dialog requests there); the second faces
-        where the request came from.
+        where the request came from. Both carry the rtpengine ``token`` of an anchored call,
+        so whichever replica an in-dialog request reaches knows the instance (16.4 pops them).
         """
         if in_local is out_local:
-            fwd.headers.prepend("Record-Route", in_local.rr)
+            fwd.headers.prepend("Record-Route", with_token(in_local.rr, token))
         else:
-            fwd.headers.prepend("Record-Route", in_local.rr_r2)
-            fwd.headers.prepend("Record-Route", out_local.rr_r2)
+            fwd.headers.prepend("Record-Route", with_token(in_local.rr_r2, token))
+            fwd.headers.prepend("Record-Route", with_token(out_local.rr_r2, token))
 
-    def _pop_own_routes(self, req: Request) -> tuple[_Local | None, Uri | None, _Local | None]:
+    def _pop_own_routes(
+        self, req: Request
+    ) -> tuple[_Local | None, Uri | None, _Local | None, str | None]:
         """16.4: remove the Route entries that name us.
 
         Returns the listener of the last one removed, the URI of the Route entry now on top
-        (the next hop, 16.6 step 6; None when no Route is left), and the listener the
-        Request-URI names, if it is ours: what routing needs next, found once here.
+        (the next hop, 16.6 step 6; None when no Route is left), the listener the Request-URI
+        names, if it is ours, and the rtpengine token our entries carried (the instance the
+        dialog's media is stuck to): what routing needs next, found once here.
 
         A request whose Request-URI is one of our Record-Route URIs came from a strict router:
         the real Request-URI is the last Route entry (16.4, strict-route compatibility).
         """
         headers = req.headers
         last: _Local | None = None
+        token: str | None = None
         ruri_local = self._uri_is_ours(req.ruri)
         routes = headers.values("route")
         if not routes:  # the usual request outside a dialog, or a dialog without our RR
-            return None, None, ruri_local
+            return None, None, ruri_local, None
         if ruri_local is not None and isinstance(req.ruri, SipUri) and req.ruri.lr:
+            token = token_in(req.uri)
             headers.replace("route", *routes[:-1])
             req.uri = str(parse_name_addr(routes[-1], "Route").uri)
             last = ruri_local
@@ -607,11 +683,12 @@ class Proxy:
             uri = parse_name_addr(routes[0], "Route").uri
             local = self._uri_is_ours(uri)
             if local is None:
-                return last, uri, ruri_local
+                return last, uri, ruri_local, token
+            token = token_in(routes[0]) or token
             headers.remove_first_value("route")
             last = local
             routes = headers.values("route")
-        return last, None, ruri_local
+        return last, None, ruri_local, token
 
     def _route_for(self, listener: str) -> Route | None:
         for route in self.config.routes:
@@ -706,7 +783,15 @@ class Proxy:
             self._reply(txn, cancel, 481, "Call/Transaction Does Not Exist", now)
             return
         self._reply(txn, cancel, 200, "OK", now)
-        rctx = invite.context.rctx
+        invite_ctx: _ServerCtx = invite.context
+        if invite_ctx.parked is not None and invite.state in _PENDING:
+            # The INVITE is still with rtpengine, not yet forwarded: it ends here (16.10 as a
+            # UAS would); the offer, when it comes back, is deleted (_offer_done).
+            request = invite.request
+            assert isinstance(request, Request)
+            self._reply(invite, request, 487, "Request Terminated", now)
+            return
+        rctx = invite_ctx.rctx
         if rctx is None or rctx.final_sent:
             return
         rctx.cancelled = True
@@ -722,7 +807,7 @@ class Proxy:
         _, actions = self.txns.send_request(
             cancel,
             method="CANCEL",
-            branch=client.key[0],
+            branch=client.branch,
             reliable=client.reliable,
             now=now,
             context=_ClientCtx(ctx.peer, ctx.listener, None),
@@ -734,7 +819,7 @@ class Proxy:
         max_forwards = ack.max_forwards
         if max_forwards == 0:
             return
-        out_local, next_route, ruri_local = self._pop_own_routes(ack)
+        out_local, next_route, ruri_local, _ = self._pop_own_routes(ack)
         route_cfg: Route | None = None
         dest: Peer | None
         if next_route is not None:
@@ -781,8 +866,23 @@ class Proxy:
         ctx: _ClientCtx = client.context
         rctx = ctx.rctx
         status = resp.status
-        if rctx is None or status == 100:
-            return  # our own CANCEL's answer, or a hop-by-hop 100 Trying
+        if rctx is None:  # our own CANCEL's or BYE's answer, or the final response is decided
+            if ctx.server is not None and 200 <= status < 300:  # a 2xx still goes upstream
+                resp.headers.remove_first_value("via")
+                self._respond(ctx.server, resp, now)
+            return
+        if status == 100:
+            return  # a hop-by-hop 100 Trying
+        media = rctx.media
+        if media is not None and self._park_answer(client, rctx, media, resp, now):
+            return
+        self._relay_response(client, rctx, resp, now)
+
+    def _relay_response(
+        self, client: Transaction[Message], rctx: _ResponseContext, resp: Response, now: float
+    ) -> None:
+        """16.7 for one response of ``client`` (its SDP already through rtpengine, if any)."""
+        status = resp.status
         resp.headers.remove_first_value("via")
         server = rctx.server
         if status < 200:
@@ -793,8 +893,10 @@ class Proxy:
             return
         self._timer_c.pop(client, None)
         if status < 300:
+            if rctx.media is not None and rctx.media.initial:
+                self._remember_dialog(rctx.media, resp, now)
             if not rctx.final_sent:
-                _final_sent(rctx, client)
+                _final_sent(rctx, client, self._finished)
             self._respond(server, resp, now)
             return
         if rctx.final_sent:
@@ -820,8 +922,12 @@ class Proxy:
         if best.status == 503:
             # 16.7 step 6: a 503 is not forwarded upstream; we say the failure is ours.
             best = self._local_response(rctx.server, 500, "Server Internal Error (next hop 503)")
+        media = rctx.media
+        if media is not None and media.initial and media.relay is not None:
+            # A new call failed (rejected, cancelled, timed out): free its media.
+            self._delete_call(media.call_id, media.from_tag, media.relay, f"{best.status}")
         server = rctx.server
-        _final_sent(rctx, finished)
+        _final_sent(rctx, finished, self._finished)
         self._respond(server, best, now)
 
     def _branch_failed(
@@ -850,6 +956,492 @@ class Proxy:
         assert isinstance(req, Request)
         return make_response(req, status, reason, to_tag=self.token(8))
 
+    # -- media: rtpengine anchors the call (docs/media.md) -------------------------------------
+    #
+    # The core cannot wait for rtpengine. A message whose SDP needs it is parked: the command
+    # goes to `media_commands` with an id, the message's continuation to `_pending`, and the
+    # driver's `media_done(id, result, now)` resumes it. Every pending command has a deadline
+    # (the ng client's whole retransmission schedule and a second), so nothing parked is
+    # forgotten even if the driver never answers.
+
+    def _init_media(self, media_metrics: MediaMetrics | None) -> None:
+        media = self.config.media
+        #: Commands for the driver, taken (and emptied) by it after every call into the core.
+        self.media_commands: list[MediaCommand] = []
+        self._media_on = media is not None
+        self._pending: dict[int, Pending] = {}
+        #: Deadline of each pending command; all are `now + command_deadline`, so insertion
+        #: order is deadline order (as for timer C).
+        self._pending_due: OrderedDict[int, float] = OrderedDict()
+        self._expired: OrderedDict[int, Pending] = OrderedDict()
+        self._command_ids = itertools.count(1)
+        self._dialogs: dict[str, list[Dialog]] = {}
+        self._audits: OrderedDict[Dialog, float] = OrderedDict()
+        self._roles: dict[str, Leg] = {}
+        #: Every configured instance's token: where an in-dialog request that carries none
+        #: (its UA ignored our Record-Route) is sent.
+        self._tokens: tuple[str, ...] = ()
+        self._command_deadline = 0.0
+        self._audit_interval = 0.0
+        self._retry_after = 0
+        self.media_metrics: MediaMetrics | None = None
+        if media is None:
+            return
+        self.media_metrics = media_metrics or MediaMetrics(self.metrics.registry)
+        self.media_metrics.observe_core(self.parked_count, self.dialog_count)
+        teams = set(media.teams_listeners)
+        if not teams and self.config.teams is not None:
+            teams = {self.config.teams.teams_listener}  # the Teams edge names its listener
+        self._roles = {
+            listener.name: Leg.TEAMS if listener.name in teams else Leg.CARRIER
+            for listener in self.config.listeners
+        }
+        self._tokens = tuple(instance.identity for instance in media.rtpengines)
+        self._command_deadline = media.command_deadline
+        self._audit_interval = media.dialog_audit_interval
+        self._retry_after = media.retry_after
+
+    def parked_count(self) -> int:
+        """Commands waited on: parked messages and audits (the ``sbc_media_parked`` gauge)."""
+        return len(self._pending)
+
+    def dialog_count(self) -> int:
+        """Confirmed calls remembered for media-timeout BYEs (``sbc_media_dialogs``)."""
+        return sum(len(dialogs) for dialogs in self._dialogs.values())
+
+    def media_done(self, command_id: int, result: MediaResult, now: float) -> None:
+        """The driver ran command ``command_id``: resume what waited on it. Never raises."""
+        pending = self._pending.pop(command_id, None)
+        if pending is None:
+            late = self._expired.pop(command_id, None)
+            if late is not None and late.initial and result.ok:
+                # The INVITE was answered 503 (or cancelled) meanwhile: undo the session.
+                command = late.command
+                self._delete_call(command.call_id, command.from_tag, result.relay, "late offer")
+            return
+        self._pending_due.pop(command_id, None)
+        self._resume(pending, result, now)
+
+    def media_timeout(
+        self, call_id: str, from_tag: str | None, to_tag: str | None, now: float
+    ) -> int:
+        """rtpengine saw no media for its timeout and dropped the call (its XMLRPC callback):
+        send each party of the matching dialogs a BYE with a Reason. Returns how many dialogs
+        were torn down (0: this process does not know the call)."""
+        dialogs = [d for d in self._dialogs.get(call_id, ()) if d.matches(from_tag, to_tag)]
+        for dialog in dialogs:
+            self._forget(dialog)
+            log.warning(
+                "media timeout: call torn down",
+                extra={"call_id": call_id, "rtpengine": dialog.relay},
+            )
+            if self.media_metrics is not None:
+                self.media_metrics.timeout_teardowns.inc()
+            for towards_callee in (True, False):
+                try:
+                    self._send_bye(dialog, towards_callee, now)
+                except SipParseError as exc:  # a stored header that no longer parses
+                    log.warning(
+                        "media timeout: BYE not sent: %s",
+                        exc.reason,
+                        extra={"call_id": call_id},
+                    )
+        return len(dialogs)
+
+    def _media_advance(self, now: float) -> None:
+        due = self._pending_due
+        while due:
+            command_id, at = next(iter(due.items()))
+            if at > now:
+                break
+            del due[command_id]
+            pending = self._pending.pop(command_id, None)
+            if pending is None:
+                continue
+            self._expired[command_id] = pending
+            if len(self._expired) > _EXPIRED_KEPT:
+                self._expired.popitem(last=False)
+            command = pending.command
+            reason = f"no answer to {command.op.value!r} within {self._command_deadline:.1f}s"
+            log.warning("rtpengine: %s", reason, extra={"call_id": command.call_id})
+            self._resume(pending, MediaResult(failure=Failure.UNAVAILABLE, reason=reason), now)
+        audits = self._audits
+        while audits:
+            dialog, at = next(iter(audits.items()))
+            if at > now:
+                break
+            del audits[dialog]
+            self._audit(dialog, now)
+
+    def _command(
+        self,
+        op: Op,
+        call_id: str,
+        from_tag: str,
+        relay: str | None,
+        now: float,
+        *,
+        to_tag: str | None = None,
+        sdp: str | None = None,
+        towards: Leg | None = None,
+        resume: Callable[[MediaResult, float], None] | None = None,
+        txn: Transaction[Message] | None = None,
+        initial: bool = False,
+    ) -> Pending | None:
+        """Queue a command for the driver; with ``resume``, park it until its result."""
+        command = MediaCommand(
+            next(self._command_ids), op, call_id, from_tag, relay, to_tag, sdp, towards
+        )
+        self.media_commands.append(command)
+        if resume is None:
+            return None
+        pending = Pending(command, resume, txn, initial=initial)
+        self._pending[command.id] = pending
+        self._pending_due[command.id] = now + self._command_deadline
+        return pending
+
+    def _resume(self, pending: Pending, result: MediaResult, now: float) -> None:
+        try:
+            pending.resume(result, now)
+        except Exception as exc:
+            call_id = pending.command.call_id
+            if isinstance(exc, SipParseError):
+                log.info("message not continued: %s", exc.reason, extra={"call_id": call_id})
+            else:
+                log.exception("internal error after rtpengine", extra={"call_id": call_id})
+            txn = pending.txn
+            if txn is not None and txn.state in _PENDING and isinstance(txn.request, Request):
+                self._reply(txn, txn.request, 500, "Server Internal Error", now)
+
+    def _delete_call(self, call_id: str, from_tag: str, relay: str | None, why: str) -> None:
+        """Free a call's media (fire and forget: the driver logs a failure)."""
+        if relay is None:
+            return
+        log.debug("rtpengine delete (%s)", why, extra={"call_id": call_id, "rtpengine": relay})
+        self._command(Op.DELETE, call_id, from_tag, relay, 0.0)
+
+    # offer: an INVITE or re-INVITE with SDP
+
+    def _park_offer(
+        self,
+        txn: Transaction[Message],
+        req: Request,
+        local: _Local,
+        token: str | None,
+        forward: Callable[[str | None, MediaState, float], None],
+        now: float,
+    ) -> bool:
+        """Send an INVITE's SDP to rtpengine before the INVITE goes out by ``local``; False
+        when it needs none (no SDP, or a re-INVITE of a call we did not anchor)."""
+        sdp = sdp_of(req)
+        if sdp is None:
+            return False
+        ctx: _ServerCtx = txn.context
+        initial = req.to_tag is None
+        if not initial and token is None:
+            # No token in the Route: a UA that ignores Record-Route (its requests reach us as
+            # their target), or a call we never anchored. With one instance there is no doubt
+            # where the call is (or goes); with several, the SDP passes untouched.
+            if len(self._tokens) != 1:
+                log.info("re-INVITE names no rtpengine", extra={"call_id": req.call_id})
+                return False
+            token = self._tokens[0]
+        state = MediaState(
+            call_id=req.call_id,
+            from_tag=req.from_tag or "",
+            initial=initial,
+            offer_towards=self._roles[local.name],
+            answer_towards=self._roles[ctx.listener],
+            relay=token,
+        )
+        if initial:
+            state.caller_from = req.headers.get("from") or ""
+            state.caller_target = _contact_uri(req)
+            state.caller_cseq = req.cseq.number
+
+        def resume(result: MediaResult, later: float) -> None:
+            self._offer_done(txn, req, state, result, forward, later)
+
+        ctx.parked = self._command(
+            Op.OFFER, state.call_id, state.from_tag, token, now,
+            to_tag=req.to_tag, sdp=sdp, towards=state.offer_towards,
+            resume=resume, txn=txn, initial=initial,
+        )  # fmt: skip
+        return True
+
+    def _offer_done(
+        self,
+        txn: Transaction[Message],
+        req: Request,
+        state: MediaState,
+        result: MediaResult,
+        forward: Callable[[str | None, MediaState, float], None],
+        now: float,
+    ) -> None:
+        ctx: _ServerCtx = txn.context
+        ctx.parked = None
+        if result.relay is not None:
+            state.relay = result.relay
+        if txn.state not in _PENDING:
+            # Answered meanwhile (CANCEL: 487; deadline: 503): the INVITE goes no further.
+            if result.ok and state.initial:
+                self._delete_call(state.call_id, state.from_tag, state.relay, "INVITE ended")
+            return
+        if not result.ok or result.sdp is None:
+            self._offer_failed(txn, req, state, result, now)
+            return
+        req.body = result.sdp.encode()
+        forward(state.relay, state, now)
+
+    def _offer_failed(
+        self, txn: Transaction[Message], req: Request, state: MediaState, result: MediaResult,
+        now: float,
+    ) -> None:  # fmt: skip
+        reason = result.reason or "no reason given"
+        log.warning(
+            "rtpengine did not take the offer: %s",
+            reason,
+            extra={"call_id": state.call_id, "failure": result.failure, "rtpengine": state.relay},
+        )
+        extra: list[tuple[str, str]] = []
+        if not state.initial:
+            # RFC 3261 14.2: a re-INVITE that fails leaves the session as it was; the call
+            # goes on with the media it had, and the UA may try again.
+            extra.append(("Retry-After", str(self._retry_after)))
+            self._reply(txn, req, 500, "Server Internal Error (media relay)", now, extra)
+            return
+        failure = result.failure or Failure.ERROR
+        if failure is Failure.UNAVAILABLE or "ran out of ports" in reason.lower():
+            status, text = 503, "Service Unavailable (no media relay)"
+            extra.append(("Retry-After", str(self._retry_after)))
+            if failure is Failure.UNAVAILABLE:
+                # The offer may have reached rtpengine with only its answer lost.
+                self._delete_call(state.call_id, state.from_tag, state.relay, "offer failed")
+        elif failure is Failure.REFUSED:
+            status, text = 488, "Not Acceptable Here"
+            extra.append(("Warning", f'399 {self._warning_agent} "{_quotable(reason)}"'))
+        else:
+            status, text = 500, "Server Internal Error (media relay)"
+        if self.media_metrics is not None:
+            self.media_metrics.calls_rejected.labels(status=str(status)).inc()
+        self._reply(txn, req, status, text, now, extra)
+
+    # answer: a 183 or 2xx with SDP
+
+    def _park_answer(
+        self,
+        client: Transaction[Message],
+        rctx: _ResponseContext,
+        media: MediaState,
+        resp: Response,
+        now: float,
+    ) -> bool:
+        """Send a response's SDP to rtpengine before it is relayed; responses of the same
+        INVITE wait behind it, in order. False when it can go on at once."""
+        if media.busy:
+            media.queue.append((client, resp))
+            return True
+        status = resp.status
+        sdp = sdp_of(resp) if status < 300 else None
+        if sdp is None:
+            return False
+        key = (resp.to_tag, sdp)
+        cached = media.answers.get(key)
+        if cached is not None:  # a retransmitted 2xx (or 183): the same answer again
+            resp.body = cached.encode()
+            return False
+        if media.relay is None or resp.to_tag is None:
+            return False
+        media.busy = True
+
+        def resume(result: MediaResult, later: float) -> None:
+            self._answer_done(client, rctx, media, resp, key, result, later)
+
+        self._command(
+            Op.ANSWER, media.call_id, media.from_tag, media.relay, now,
+            to_tag=resp.to_tag, sdp=sdp, towards=media.answer_towards, resume=resume,
+        )  # fmt: skip
+        return True
+
+    def _answer_done(
+        self,
+        client: Transaction[Message],
+        rctx: _ResponseContext,
+        media: MediaState,
+        resp: Response,
+        key: tuple[str | None, str],
+        result: MediaResult,
+        now: float,
+    ) -> None:
+        media.busy = False
+        try:
+            if result.ok and result.sdp is not None:
+                resp.body = result.sdp.encode()
+                media.remember_answer(key, result.sdp)
+            else:
+                self._answer_failed(media, resp, result)
+            self._relay_response(client, rctx, resp, now)
+        finally:
+            while media.queue and not media.busy:
+                queued_client, queued = media.queue.popleft()
+                if not self._park_answer(queued_client, rctx, media, queued, now):
+                    self._relay_response(queued_client, rctx, queued, now)
+
+    def _answer_failed(self, media: MediaState, resp: Response, result: MediaResult) -> None:
+        """What keeps the call alive: a provisional goes on without its SDP (ringing, no early
+        media), a 2xx with the far end's own SDP (a proxy cannot take back a 2xx; a later
+        re-INVITE anchors the media again)."""
+        log.error(
+            "rtpengine did not take the answer: %s; %s",
+            result.reason or result.failure,
+            "provisional relayed without SDP" if resp.status < 200 else "2xx relayed unanchored",
+            extra={"call_id": media.call_id, "status": resp.status, "rtpengine": media.relay},
+        )
+        if self.media_metrics is not None:
+            self.media_metrics.answer_failures.inc()
+        if resp.status < 200:
+            resp.body = b""
+            resp.headers.remove("content-type")
+
+    # dialogs: remembered for the BYEs of a media timeout
+
+    def _remember_dialog(self, media: MediaState, resp: Response, now: float) -> None:
+        to_tag = resp.to_tag
+        if to_tag is None or to_tag in media.remembered:
+            return
+        media.remembered.add(to_tag)
+        dialog = Dialog(
+            call_id=media.call_id,
+            caller_tag=media.from_tag,
+            callee_tag=to_tag,
+            caller_from=media.caller_from,
+            callee_to=resp.headers.get("to") or "",
+            caller_target=media.caller_target,
+            callee_target=_contact_uri(resp),
+            record_route=tuple(resp.headers.values("record-route")),
+            caller_cseq=media.caller_cseq,
+            callee_cseq=0,
+            relay=media.relay,
+        )
+        self._dialogs.setdefault(dialog.call_id, []).append(dialog)
+        self._audits[dialog] = now + self._audit_interval
+
+    def _forget(self, dialog: Dialog) -> None:
+        self._audits.pop(dialog, None)
+        dialogs = self._dialogs.get(dialog.call_id)
+        if dialogs is None:
+            return
+        remaining = [d for d in dialogs if d is not dialog]
+        if remaining:
+            self._dialogs[dialog.call_id] = remaining
+        else:
+            del self._dialogs[dialog.call_id]
+
+    def _media_in_dialog(self, req: Request, token: str | None) -> None:
+        """An in-dialog request: keep a remembered dialog current (CSeq, target refresh);
+        a BYE frees the call's media and ends the record."""
+        method = req.method
+        call_id = req.call_id
+        for dialog in self._dialogs.get(call_id, ()):
+            if not dialog.matches(req.from_tag, req.to_tag):
+                continue
+            if method == "BYE":
+                self._forget(dialog)
+                continue
+            from_caller = req.from_tag == dialog.caller_tag
+            number = req.cseq.number
+            if from_caller:
+                dialog.caller_cseq = max(dialog.caller_cseq, number)
+            else:
+                dialog.callee_cseq = max(dialog.callee_cseq, number)
+            if method in ("INVITE", "UPDATE"):  # RFC 3261 12.2.2: a target refresh
+                target = _contact_uri(req)
+                if target and from_caller:
+                    dialog.caller_target = target
+                elif target:
+                    dialog.callee_target = target
+        if method == "BYE":
+            # Without a token (a UA that ignores Record-Route), every instance is asked: a
+            # session must not outlive its call; "unknown call-id" elsewhere costs nothing.
+            for relay in (token,) if token is not None else self._tokens:
+                self._delete_call(call_id, req.from_tag or "", relay, "BYE")
+
+    def _audit(self, dialog: Dialog, now: float) -> None:
+        """Does rtpengine still hold this call? A BYE through another replica ended it there."""
+        if dialog.relay is None:
+            self._forget(dialog)
+            return
+
+        def resume(result: MediaResult, later: float) -> None:
+            self._audit_done(dialog, result, later)
+
+        self._command(Op.QUERY, dialog.call_id, dialog.caller_tag, dialog.relay, now,
+                      resume=resume)  # fmt: skip
+
+    def _audit_done(self, dialog: Dialog, result: MediaResult, now: float) -> None:
+        if dialog not in self._dialogs.get(dialog.call_id, ()):
+            return  # ended meanwhile
+        if result.failure is Failure.REFUSED and "unknown call" in result.reason.lower():
+            log.info("call ended elsewhere: forgotten", extra={"call_id": dialog.call_id})
+            self._forget(dialog)
+        else:
+            self._audits[dialog] = now + self._audit_interval
+
+    def _send_bye(self, dialog: Dialog, towards_callee: bool, now: float) -> None:
+        """A BYE from one party to the other, as that party's UA would send it (RFC 3261
+        15.1.1, 12.2.1.1), from our place in the route set: the Route entries past ours, our
+        own Via, the dialog's tags, a CSeq above the last one seen, and the Reason."""
+        route_set = (
+            list(reversed(dialog.record_route)) if towards_callee else [*dialog.record_route]
+        )
+        own: _Local | None = None
+        past = 0
+        for index, entry in enumerate(route_set):
+            local = self._uri_is_ours(parse_name_addr(entry, "Record-Route").uri)
+            if local is not None:
+                own, past = local, index + 1
+        remaining = route_set[past:]
+        target = dialog.callee_target if towards_callee else dialog.caller_target
+        if not target:
+            log.warning("media timeout: no Contact to send a BYE to",
+                        extra={"call_id": dialog.call_id})  # fmt: skip
+            return
+        next_hop = parse_name_addr(remaining[0], "Route").uri if remaining else parse_uri(target)
+        dest = self._resolve(next_hop)
+        local = None if dest is None else self._pick_local(dest.transport, own, None)
+        if dest is None or local is None:
+            log.warning("media timeout: BYE not routable", extra={"call_id": dialog.call_id})
+            return
+        if towards_callee:
+            from_value, to_value, cseq = dialog.caller_from, dialog.callee_to, dialog.caller_cseq
+            dialog.caller_cseq += 1
+        else:
+            from_value, to_value, cseq = dialog.callee_to, dialog.caller_from, dialog.callee_cseq
+            dialog.callee_cseq += 1
+        branch = f"{BRANCH_PREFIX}{self.token(8)}"
+        headers = [("Via", local.via_prefix + branch)]
+        headers += [("Route", entry) for entry in remaining]
+        headers += [
+            ("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
+            ("From", from_value),
+            ("To", to_value),
+            ("Call-ID", dialog.call_id),
+            ("CSeq", f"{cseq + 1} BYE"),
+            ("Reason", MEDIA_TIMEOUT_REASON),
+            ("User-Agent", self.config.server_header),
+            ("Content-Length", "0"),
+        ]
+        bye = Request("BYE", target, headers)
+        _, actions = self.txns.send_request(
+            bye,
+            method="BYE",
+            branch=branch,
+            reliable=dest.reliable,
+            now=now,
+            context=_ClientCtx(dest, local.name, None),
+        )
+        self._act(actions, now)
+
     # -- the transaction layer's actions ------------------------------------------------------
 
     def _act(self, actions: list[Any], now: float) -> None:
@@ -868,7 +1460,7 @@ class Proxy:
                 elif isinstance(action.message, Response):
                     self._response_from_downstream(txn, action.message, now)
             elif kind is Stray:
-                self._stray(action.message)
+                self._stray(action.message, now)
             elif kind is SendCancel:
                 self._send_cancel(action.txn, now)
             elif kind is TimedOut:
@@ -908,7 +1500,7 @@ class Proxy:
         if isinstance(txn, Transaction) and txn.state is not State.TERMINATED:
             self._act(self.txns.transport_error(txn, now=now), now)
 
-    def _stray(self, message: Message) -> None:
+    def _stray(self, message: Message, now: float) -> None:
         if not isinstance(message, Response):
             return  # stray ACKs are handled in _on_request, where their origin is known
         if 200 <= message.status < 300 and message.cseq.method == "INVITE":
@@ -923,11 +1515,41 @@ class Proxy:
             host = via.received or via.bare_host
             port = via.rport or via.port or DEFAULT_PORTS.get(transport, 5060)
             local = self._upstream_local(message, transport)
-            if local is not None and _is_ip(host):
-                self._count_response(message.status, "sent")
-                self.outbox.append(
-                    Outgoing(message.to_bytes(), Peer(transport, host, port), local.name)
-                )
+            if local is None or not _is_ip(host):
+                return
+            peer = Peer(transport, host, port)
+            name = local.name
+            if self._media_on and self._park_stray_answer(message, peer, name, now):
+                return
+            self._count_response(message.status, "sent")
+            self.outbox.append(Outgoing(message.to_bytes(), peer, name))
+
+    def _park_stray_answer(self, message: Response, peer: Peer, listener: str, now: float) -> bool:
+        """A stray 2xx of an anchored call carries the callee's SDP: it goes through rtpengine
+        again (the same answer, which rtpengine gives back unchanged) before it is relayed.
+        The instance is the one named in our Record-Route entries."""
+        sdp = sdp_of(message)
+        to_tag = message.to_tag
+        if sdp is None or to_tag is None:
+            return False
+        token = None
+        for value in message.headers.values("record-route"):
+            token = token or token_in(value)
+        if token is None:
+            return False
+
+        def resume(result: MediaResult, _now: float) -> None:
+            if not result.ok or result.sdp is None:
+                return  # the first 2xx went on; a copy with the far end's SDP would not help
+            message.body = result.sdp.encode()
+            self._count_response(message.status, "sent")
+            self.outbox.append(Outgoing(message.to_bytes(), peer, listener))
+
+        self._command(
+            Op.ANSWER, message.call_id, message.from_tag or "", token, now,
+            to_tag=to_tag, sdp=sdp, towards=self._roles[listener], resume=resume,
+        )  # fmt: skip
+        return True
 
     def _upstream_local(self, response: Response, transport: str) -> _Local | None:
         """The listener facing the caller, for a response no transaction remembers: the last of
@@ -1010,6 +1632,23 @@ def _next_max_forwards(received: int | None) -> str:
     return _MAX_FORWARDS_TEXT[received] if 0 < received < 256 else str(received - 1)
 
 
+def _contact_uri(msg: Message) -> str:
+    """The URI of a message's (first) Contact, or "" (none, ``*``, or not parseable)."""
+    value = msg.headers.get("contact")
+    if not value or value.strip() == "*":
+        return ""
+    try:
+        return str(parse_name_addr(value, "Contact").uri)
+    except SipParseError:
+        return ""
+
+
+def _quotable(text: str, limit: int = 120) -> str:
+    """Text for a quoted-string (a Warning's): no quotes, backslashes or control characters."""
+    cleaned = "".join(c if c.isprintable() and c not in '"\\' else " " for c in text)
+    return cleaned[:limit]
+
+
 def _cid(msg: Message | None) -> str | None:
     if msg is None:
         return None
@@ -1088,20 +1727,30 @@ def _parse_target(text: str) -> Uri:
     return parse_uri(text)
 
 
-def _final_sent(rctx: _ResponseContext, client: Transaction[Message]) -> None:
+def _final_sent(
+    rctx: _ResponseContext,
+    client: Transaction[Message],
+    finished: Callable[[_ServerCtx | _ClientCtx], Any],
+) -> None:
     """16.7: the final response is decided; mark it so and let go of what only deciding it
     needed. Every path that reads a response context returns at ``final_sent`` except the
-    forwarding of further 2xx (16.7 step 5), which needs ``server`` alone. So the server
-    transaction drops its context (a CANCEL finds none, and is answered as after a final
-    response, 16.10), and so does ``client`` once it has finished without a 2xx: both then wait
-    for timers J, K, L or D holding no response context, best response or Call-ID."""
+    forwarding of further 2xx (16.7 step 5), which needs the server transaction alone, and
+    finds it through the client's context. So the server transaction drops its context for a
+    ``finished`` one (a CANCEL finds no response context, and is answered as after a final
+    response, 16.10), and so does ``client`` once it has finished without a 2xx; with a 2xx it
+    keeps its own, without the response context. They then wait for timers J, K, L, M or D
+    holding no response context, best response or Call-ID."""
     rctx.final_sent = True
     rctx.best = None
     rctx.branches = ()
     rctx.call_id = ""
-    rctx.server.context.rctx = None
+    server = rctx.server
+    server.context = finished(server.context)
     if client.state is State.COMPLETED:
-        client.context.rctx = None
+        client.context = finished(client.context)
+    elif rctx.media is None:  # Accepted: further 2xx go to ``client.context.server`` (16.7
+        client.context.rctx = None  # step 5); a call with media keeps the context, whose
+        # rtpengine answer each retransmitted 2xx must carry again instead of the far end's SDP
 
 
 def _better(a: Response, b: Response) -> bool:

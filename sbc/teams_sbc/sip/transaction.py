@@ -3,7 +3,7 @@
 Four state machines (INVITE/non-INVITE x client/server), amended by RFC 6026 (the "Accepted"
 states and timers L and M), written as DATA: one table per machine, mapping
 ``(state, event) -> Transition(next state, operations)``. Everything else in this module is the
-small interpreter that runs those tables, and one timer heap shared by every transaction.
+small interpreter that runs those tables, and the timers of every transaction.
 ``docs/transactions.md`` draws its diagrams from the same tables
 (``tools/gen_transaction_diagram.py``), so the picture cannot drift from the code.
 
@@ -21,17 +21,24 @@ Every entry point takes ``now`` (seconds, any monotonic origin) and returns a li
 :meth:`TransactionTable.advance` whenever :meth:`TransactionTable.next_deadline` is due and
 re-arms a single loop timer, as aioquic does.
 
-Why two timer slots per transaction and at most one live heap entry: a transaction never runs more
-than a retransmission timer (A, E or G) and a lifetime timer (B, D, F, H, I, J, K, L or M) at
-once, and only the earlier of the two needs to be in the heap. Stopping a timer costs nothing
-(the heap entry fires early, finds nothing due and is dropped), so the common INVITE, answered
-well before timer A, never touches the heap again until it ends.
+Timers live in two places. A live transaction (retransmitting, or waiting for a response or
+an ACK) has two timer slots and at most one entry in a heap shared by all: a transaction never
+runs more than a retransmission timer (A, E or G) and a lifetime timer (B, F or H) at once, and
+only the earlier of the two needs to be in the heap. Stopping a timer costs nothing (the heap
+entry fires early, finds nothing due and is dropped), so the common INVITE, answered well
+before timer A, never touches the heap again. A transaction that only waits (RFC 6026's
+Accepted, Completed, Confirmed: :func:`waiting_states`) has one timer of a length fixed per
+transport, so it joins the tail of a first-in first-out queue for that length and leaves from
+its head; it also drops everything its remaining rows cannot use. Those are the transactions a
+busy proxy holds by the ten thousand (timers L, M and J last 64*T1 after every call set-up
+and tear-down), so they are kept small.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -424,6 +431,60 @@ MACHINES: dict[Kind, Table] = {
 del S, E, T  # the short names are only for the tables above
 
 
+
+# --------------------------------------------------------------------------------------------
+# Waiting states: derived from the tables
+# --------------------------------------------------------------------------------------------
+
+#: Operations that need what a transaction lets go of once it only waits: its request, its
+#: ACK builder, its CANCEL flags.
+_LIVE_OPS = frozenset(
+    {Op.SEND_REQUEST, Op.RESEND_REQUEST, Op.SEND_ACK, Op.NOTE_CANCEL, Op.CANCEL_IF_NOTED}
+)
+
+
+def waiting_states(table: Table) -> dict[State, Timer]:
+    """The states of a machine in which a transaction only waits, with the timer it waits on.
+
+    A state qualifies when every row entering it (from another state) starts the same single
+    lifetime timer, and its own rows start, stop or back off no timer, need nothing but the
+    last message sent, and lead nowhere but back to it or to Terminated. The timer then has the
+    same length for every transaction of a machine and transport, so these transactions wait in
+    first-in first-out queues, one per length, instead of the heap (see :class:`_Queue`); and
+    they drop everything but their key, state, context and (where a row resends it) the last
+    message. With RFC 3261 and 6026 that is: INVITE client Completed (D) and Accepted (M),
+    non-INVITE client Completed (K), INVITE server Accepted (L) and Confirmed (I), non-INVITE
+    server Completed (J): the states that thousands of finished calls sit in.
+    """
+    waits: dict[State, Timer] = {}
+    states = {row.next for row in table.values()} - {State.INIT, State.TERMINATED}
+    for state in states:
+        own = [row for (s, _), row in table.items() if s is state]
+        if any(row.next not in (state, State.TERMINATED) for row in own):
+            continue
+        if any(isinstance(op, TimerOp) or op in _LIVE_OPS for row in own for op in row.ops):
+            continue
+        started = {
+            op.timer
+            for (s, _), row in table.items()
+            if row.next is state and s is not state
+            for op in row.ops
+            if isinstance(op, TimerOp) and op.verb == "start"
+        }
+        if len(started) != 1:
+            continue
+        (timer,) = started
+        if not timer.retransmits and (state, _TIMER_EVENT[timer]) in table:
+            waits[state] = timer
+    return waits
+
+
+def _resends(table: Table, state: State) -> bool:
+    """Whether a row of ``state`` sends the last message again (so it must be kept)."""
+    resend = (Op.RESEND_RESPONSE, Op.RESEND_ACK)
+    return any(op in resend for (s, _), row in table.items() if s is state for op in row.ops)
+
+
 # --------------------------------------------------------------------------------------------
 # Transactions and the actions they produce
 # --------------------------------------------------------------------------------------------
@@ -434,78 +495,119 @@ class Transaction(Generic[M]):
 
     ``context`` is the caller's: the transport glue or the proxy attaches whatever it needs to
     act on this transaction's actions (the peer or connection to send to, the proxy's response
-    context). The layer never reads it.
+    context), and may replace it at any time. The layer never reads it.
+
+    Compact by design, because most transactions of a busy proxy only wait: for timers L, M and
+    J (64*T1 = 32 s each) after every call set-up and tear-down. What a live transaction needs
+    on top (its request, ACK builder, timers, CANCEL flags) is a separate part, dropped when it
+    enters a waiting state (:func:`waiting_states`). A waiting transaction is these six slots,
+    its key and its place in the table's dict and in one timer queue.
     """
 
-    __slots__ = (
-        "_build_ack",
-        "_heap_at",
-        "_heap_seq",
-        "_life",
-        "_life_at",
-        "_machine",
-        "_retx",
-        "_retx_at",
-        "_retx_interval",
-        "cancel_noted",
-        "cancel_sent",
-        "context",
-        "key",
-        "kind",
-        "last",
-        "reliable",
-        "request",
-        "state",
-    )
+    __slots__ = ("_live", "_phase", "_since", "context", "key", "last")
 
-    def __init__(
-        self,
-        kind: Kind,
-        key: tuple[str, ...],
-        request: M,
-        reliable: bool,
-        context: Any,
-        machine: _Machine,
-        build_ack: Callable[[M], M] | None,
-    ) -> None:
-        self.kind = kind
+    def __init__(self, key: str, phase: _Phase, live: _Live[M], context: Any) -> None:
+        #: The matching key: ``"METHOD SENT-BY BRANCH"`` (server, RFC 3261 17.2.3) or
+        #: ``"METHOD BRANCH"`` (client, 17.1.3). One string: cheaper than a tuple and its parts.
         self.key = key
-        self.state = State.INIT
-        #: The request that created the transaction (the one a client retransmits); None once
-        #: the transaction only waits (Accepted, Completed, Confirmed) and will not need it.
-        self.request: M | None = request
-        #: Server: the last response sent. INVITE client: the ACK it sent for a non-2xx. Once
-        #: the transaction only waits, the bytes the table's ``serialise`` made of it, if given.
-        self.last: M | bytes | None = None
-        self.reliable = reliable
+        self._phase = phase  # kind, state and transport: where the transaction's rows are
+        self._live: _Live[M] | None = live  # None once it only waits, or has terminated
         self.context = context
-        #: The TU asked to cancel this INVITE; ``cancel_sent`` once it was told to send CANCEL.
-        self.cancel_noted = False
-        self.cancel_sent = False
-        self._build_ack = build_ack
-        self._machine = machine
-        # Two timer slots: retransmission (A/E/G) and lifetime (B/D/F/H/I/J/K/L/M).
-        self._retx: Timer | None = None
-        self._retx_at = INF
-        self._retx_interval = 0.0
-        self._life: Timer | None = None
-        self._life_at = INF
-        #: Deadline of this transaction's live entry in the table's heap (INF: none).
-        self._heap_at = INF
-        self._heap_seq = -1  # its sequence number: the entry is live iff the numbers match
+        #: Server: the last response sent. INVITE client: the ACK it sent for a non-2xx. Kept
+        #: while waiting only where a row resends it, and then as the bytes the table's
+        #: ``serialise`` made of it, if given.
+        self.last: M | bytes | None = None
+        self._since = 0.0  # when it began waiting: its timer fires ``queue.duration`` later
+
+    @property
+    def kind(self) -> Kind:
+        return self._phase.kind
+
+    @property
+    def state(self) -> State:
+        return self._phase.state
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the transport is reliable (TCP, TLS): no retransmissions, zero D, I, J, K."""
+        return self._phase.reliable
+
+    @property
+    def branch(self) -> str:
+        """The branch the transaction was created with (the last part of its key)."""
+        return self.key.split(" ", 1 if self._phase.kind <= Kind.NON_INVITE_CLIENT else 2)[-1]
+
+    @property
+    def request(self) -> M | None:
+        """The request that created the transaction (the one a client retransmits); None once
+        the transaction only waits (Accepted, Completed, Confirmed) and will not need it."""
+        live = self._live
+        return None if live is None else live.request
+
+    @property
+    def cancel_noted(self) -> bool:
+        """The TU asked to cancel this INVITE (while it is still pending)."""
+        live = self._live
+        return live is not None and live.cancel_noted
+
+    @property
+    def cancel_sent(self) -> bool:
+        """... and was told to send the CANCEL (:class:`SendCancel`)."""
+        live = self._live
+        return live is not None and live.cancel_sent
 
     @property
     def timers(self) -> dict[Timer, float]:
         """Running timers and their deadlines (for tests and debugging)."""
+        live = self._live
+        if live is None:
+            phase = self._phase
+            if phase.queue is None or phase.wait_timer is None:
+                return {}  # terminated
+            return {phase.wait_timer: self._since + phase.queue.duration}
         running: dict[Timer, float] = {}
-        if self._retx is not None:
-            running[self._retx] = self._retx_at
-        if self._life is not None:
-            running[self._life] = self._life_at
+        if live.retx is not None:
+            running[live.retx] = live.retx_at
+        if live.life is not None:
+            running[live.life] = live.life_at
         return running
 
     def __repr__(self) -> str:
         return f"<Transaction {self.kind.label} {self.state.name} {self.key}>"
+
+
+class _Live(Generic[M]):
+    """What a transaction needs until it only waits: dropped as it enters a waiting state."""
+
+    __slots__ = (
+        "build_ack",
+        "cancel_noted",
+        "cancel_sent",
+        "heap_at",
+        "heap_seq",
+        "life",
+        "life_at",
+        "request",
+        "retx",
+        "retx_at",
+        "retx_interval",
+    )
+
+    def __init__(self, request: M, build_ack: Callable[[M], M] | None) -> None:
+        self.request: M | None = request
+        self.build_ack = build_ack
+        # Two timer slots: retransmission (A/E/G) and lifetime (B/D/F/H/I/J/K/L/M).
+        self.retx: Timer | None = None
+        self.retx_at = INF
+        self.retx_interval = 0.0
+        self.life: Timer | None = None
+        self.life_at = INF
+        #: Deadline of this transaction's live entry in the table's heap (INF: none).
+        self.heap_at = INF
+        self.heap_seq = -1  # its sequence number: the entry is live iff the numbers match
+        #: The TU asked to cancel this INVITE; ``cancel_sent`` once it was told to send CANCEL.
+        self.cancel_noted = False
+        self.cancel_sent = False
 
 
 @dataclass(slots=True, eq=False)
@@ -589,88 +691,87 @@ class Stats:
 
 
 # --------------------------------------------------------------------------------------------
-# The interpreter: tables compiled to handler tuples, indexed [state][event]
+# The interpreter: tables compiled to phases (kind x state x transport) with one row per event
 # --------------------------------------------------------------------------------------------
 
 _Out: TypeAlias = list[Any]
 _Handler: TypeAlias = Callable[["TransactionTable[Any]", Transaction[Any], Any, float, _Out], None]
 
 
-def _send_request(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
-    out.append(Send(txn, txn.request, False))
+def _send_request(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                  out: _Out) -> None:
+    assert txn._live is not None  # _LIVE_OPS never run in a waiting state
+    out.append(Send(txn, txn._live.request, False))
 
 
-def _resend_request(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
+def _resend_request(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                    out: _Out) -> None:
+    assert txn._live is not None
     tbl.stats.retransmissions_sent += 1
-    out.append(Send(txn, txn.request, True))
+    out.append(Send(txn, txn._live.request, True))
 
 
-def _send_response(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
-    txn.last = msg
+def _send_response(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                   out: _Out) -> None:
+    if txn._live is not None:  # a waiting transaction (Accepted) never resends it
+        txn.last = msg
     out.append(Send(txn, msg, False))
 
 
-def _resend_last(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
+def _resend_last(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                 out: _Out) -> None:
     # The last response (server) or the ACK (INVITE client); nothing yet means nothing to repeat.
     if txn.last is not None:
         tbl.stats.retransmissions_sent += 1
         out.append(Send(txn, txn.last, True))
 
 
-def _send_ack(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
-    assert txn._build_ack is not None  # required at creation for INVITE clients
-    ack = txn._build_ack(msg)
+def _send_ack(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+              out: _Out) -> None:
+    live = txn._live
+    assert live is not None and live.build_ack is not None  # required for INVITE clients
+    ack = live.build_ack(msg)
     txn.last = ack
     out.append(Send(txn, ack, False))
 
 
-def _pass_up(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
+def _pass_up(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+             out: _Out) -> None:
     out.append(PassUp(txn, msg))
 
 
-def _absorb(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
+def _absorb(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+            out: _Out) -> None:
     tbl.stats.retransmissions_absorbed += 1
 
 
-def _note_cancel(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
-    txn.cancel_noted = True
+def _note_cancel(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                 out: _Out) -> None:
+    assert txn._live is not None
+    txn._live.cancel_noted = True
 
 
-def _cancel_if_noted(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
-    if txn.cancel_noted and not txn.cancel_sent:
-        txn.cancel_sent = True
+def _cancel_if_noted(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                     out: _Out) -> None:
+    live = txn._live
+    assert live is not None
+    if live.cancel_noted and not live.cancel_sent:
+        live.cancel_sent = True
         out.append(SendCancel(txn))
-        _start_life(tbl, txn, Timer.B, now)
+        delay = txn._phase.durations[Timer.B]
+        assert delay is not None  # B runs over every transport
+        live.life = Timer.B
+        live.life_at = now + delay
 
 
-def _timed_out(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
+def _timed_out(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+               out: _Out) -> None:
     tbl.stats.timeouts += 1
     out.append(TimedOut(txn, msg))  # for timer events, ``msg`` is the timer that fired
 
 
-def _transport_failed(
-    tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-) -> None:
+def _transport_failed(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                      out: _Out) -> None:
     tbl.stats.transport_failures += 1
     out.append(TransportFailed(txn))
 
@@ -691,114 +792,170 @@ _OP_HANDLERS: dict[Op, _Handler] = {
 }
 
 
-def _start_life(
-    tbl: TransactionTable[Any], txn: Transaction[Any], timer: Timer, now: float
-) -> None:
-    # The durations live in the table, by transport reliability: one slot less per transaction.
-    delay = tbl._durations[txn.reliable][timer]
-    assert delay is not None  # lifetime timers run over every transport
-    txn._life = timer
-    txn._life_at = now + delay
-
-
-def _timer_handler(op: TimerOp, t2: float) -> _Handler:
-    """One handler per timer operation of the tables, built once per TransactionTable config."""
+def _timer_handler(op: TimerOp, durations: tuple[float | None, ...], t2: float) -> _Handler | None:
+    """The handler of one timer operation for one transport (None: nothing to do there)."""
     timer = op.timer
+    delay = durations[timer]
     cap = INF if timer is Timer.A else t2  # 17.1.1.2: A doubles forever; E, G stop at T2
     to_t2 = op.verb == "T2"
 
-    def start_retx(
-        tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-    ) -> None:
-        delay = tbl._durations[txn.reliable][timer]
-        if delay is not None:  # None: reliable transport, no retransmissions
-            txn._retx = timer
-            txn._retx_interval = delay
-            txn._retx_at = now + delay
+    def start_retx(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                   out: _Out) -> None:
+        live = txn._live
+        assert live is not None and delay is not None
+        live.retx = timer
+        live.retx_interval = delay
+        live.retx_at = now + delay
 
-    def start_life(
-        tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-    ) -> None:
-        _start_life(tbl, txn, timer, now)
+    def start_life(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                   out: _Out) -> None:
+        live = txn._live
+        assert live is not None and delay is not None
+        live.life = timer
+        live.life_at = now + delay
 
-    def stop_timer(
-        tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-    ) -> None:
-        if txn._retx is timer:
-            txn._retx = None
-            txn._retx_at = INF
-        elif txn._life is timer:
-            txn._life = None
-            txn._life_at = INF
+    def stop_timer(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+                   out: _Out) -> None:
+        live = txn._live
+        assert live is not None
+        if live.retx is timer:
+            live.retx = None
+            live.retx_at = INF
+        elif live.life is timer:
+            live.life = None
+            live.life_at = INF
 
-    def rearm(
-        tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float, out: _Out
-    ) -> None:
-        # Only on the timer's own firing: ``_retx_at`` still holds the deadline that fired, so the
+    def rearm(tbl: TransactionTable[Any], txn: Transaction[Any], msg: Any, now: float,
+              out: _Out) -> None:
+        # Only on the timer's own firing: ``retx_at`` still holds the deadline that fired, so the
         # schedule stays exact (T1, 3T1, 7T1, ...) even when the event loop runs a little late.
-        interval = t2 if to_t2 else min(txn._retx_interval * 2, cap)
-        at = txn._retx_at + interval
-        txn._retx = timer
-        txn._retx_interval = interval
-        txn._retx_at = at if at > now else now + interval
+        live = txn._live
+        assert live is not None
+        interval = t2 if to_t2 else min(live.retx_interval * 2, cap)
+        at = live.retx_at + interval
+        live.retx = timer
+        live.retx_interval = interval
+        live.retx_at = at if at > now else now + interval
 
     if op.verb == "start":
+        if delay is None:  # a retransmission timer over a reliable transport: not used
+            return None
         return start_retx if timer.retransmits else start_life
     if op.verb == "stop":
         return stop_timer
     return rearm
 
 
+class _Queue:
+    """The transactions waiting on timers of one length, oldest first.
+
+    Every timer that ends a waiting state (D, I, J, K, L, M) has a length fixed by the
+    configuration and the transport, and starts when the transaction enters the state, so
+    each queue's deadlines come in the order the transactions join it (``now`` never goes
+    back): appending and popping from the left replace heap pushes and pops. A transaction
+    that terminates early (transport error) stays in its queue until its deadline, and is
+    skipped then.
+    """
+
+    __slots__ = ("duration", "txns")
+
+    def __init__(self, duration: float) -> None:
+        self.duration = duration
+        self.txns: deque[Transaction[Any]] = deque()
+
+
+class _Phase:
+    """One state of one machine over one kind of transport, with its compiled rows.
+
+    ``rows[event]`` is the transition (or None). For a waiting state, ``wait_timer`` is the
+    timer it waits on and ``queue`` where (None: a zero-length timer over a reliable
+    transport, which fires as the state is entered).
+    """
+
+    __slots__ = (
+        "durations",
+        "keeps_last",
+        "kind",
+        "queue",
+        "reliable",
+        "rows",
+        "state",
+        "wait_event",
+        "wait_timer",
+    )
+
+    def __init__(
+        self,
+        kind: Kind,
+        state: State,
+        reliable: bool,
+        durations: tuple[float | None, ...],
+        wait_timer: Timer | None,
+        queue: _Queue | None,
+        keeps_last: bool,
+    ) -> None:
+        self.kind = kind
+        self.state = state
+        self.reliable = reliable
+        self.durations = durations
+        self.wait_timer = wait_timer
+        self.wait_event = None if wait_timer is None else _TIMER_EVENT[wait_timer]
+        self.queue = queue
+        self.keeps_last = keeps_last
+        self.rows: tuple[_Row | None, ...] = ()
+
+
 class _Row:
-    """A compiled transition: the next state and one handler per operation."""
+    """A compiled transition: the next phase and one handler per operation."""
 
-    __slots__ = ("handlers", "next", "release", "terminal")
+    __slots__ = ("handlers", "next", "terminal", "waits")
 
-    def __init__(self, next_state: State, handlers: tuple[_Handler, ...]) -> None:
-        self.next = next_state
+    def __init__(self, next_phase: _Phase, handlers: tuple[_Handler, ...], waits: bool) -> None:
+        self.next = next_phase
         self.handlers = handlers
-        self.terminal = next_state is State.TERMINATED
-        #: Entering a state that only waits (for retransmissions to absorb, an ACK, a timer):
-        #: the request is never sent or read again, so the transaction lets go of it.
-        self.release = next_state in _WAITING_STATES
+        self.terminal = next_phase.state is State.TERMINATED
+        #: Entering a waiting state: the transaction drops its live part and joins a queue.
+        self.waits = waits
 
 
-_Machine: TypeAlias = tuple[tuple[_Row | None, ...], ...]  # [state][event]
+def _compile(timers: TimerConfig, queues: dict[float, _Queue]) -> dict[tuple[Kind, bool], _Phase]:
+    """Every machine over both kinds of transport, as phases; returns each one's INIT phase.
 
-_WAITING_STATES = frozenset({State.ACCEPTED, State.COMPLETED, State.CONFIRMED})
-
-
-def _release(txn: Transaction[Any], state: State, serialise: Callable[[Any], bytes] | None) -> None:
-    """Drop what a waiting transaction no longer needs, so thousands of them (timers J, L and M
-    last 64*T1) hold little memory: the request and the ACK builder always; in Accepted also
-    the last response, since RFC 6026 absorbs INVITE retransmissions there without answering.
-    Elsewhere the last message is only ever sent again: with the TU's ``serialise`` it is kept
-    as its bytes alone (bytes already are)."""
-    txn.request = None
-    txn._build_ack = None
-    if state is State.ACCEPTED:
-        txn.last = None
-    elif serialise is not None:
-        last = txn.last
-        if last is not None and type(last) is not bytes:
-            txn.last = serialise(last)
-
-
-def _compile(table: Table, t2: float) -> _Machine:
-    rows: list[list[_Row | None]] = [[None] * len(Event) for _ in State]
-    for (state, event), (next_state, ops) in table.items():
-        handlers = tuple(
-            _timer_handler(op, t2) if isinstance(op, TimerOp) else _OP_HANDLERS[op] for op in ops
-        )
-        rows[state][event] = _Row(next_state, handlers)
-    return tuple(tuple(r) for r in rows)
-
-
-# T2 is the only configuration the compiled rows depend on; the default set is shared, and a
-# table with another T2 recompiles its own (see TransactionTable.__init__).
-_COMPILED: dict[Kind, _Machine] = {
-    kind: _compile(table, TimerConfig().t2) for kind, table in MACHINES.items()
-}
+    A row entering a waiting state keeps no timer operations: leaving the live part behind
+    stops A, B, E or F, and the queue is the timer it starts.
+    """
+    initial: dict[tuple[Kind, bool], _Phase] = {}
+    for kind, table in MACHINES.items():
+        waits = waiting_states(table)
+        for reliable in (False, True):
+            durations = timers.durations(reliable)
+            phases: dict[State, _Phase] = {}
+            for state in State:
+                timer = waits.get(state)
+                queue = None
+                if timer is not None:
+                    length = durations[timer]
+                    assert length is not None  # lifetime timers run over every transport
+                    if length > 0:
+                        queue = queues.setdefault(length, _Queue(length))
+                keeps = timer is not None and _resends(table, state)
+                phases[state] = _Phase(kind, state, reliable, durations, timer, queue, keeps)
+            rows: dict[State, list[_Row | None]] = {s: [None] * len(Event) for s in State}
+            for (state, event), (next_state, ops) in table.items():
+                entering = next_state in waits and next_state is not state
+                handlers: list[_Handler] = []
+                for op in ops:
+                    if isinstance(op, TimerOp):
+                        handler = None if entering else _timer_handler(op, durations, timers.t2)
+                    else:
+                        handler = _OP_HANDLERS[op]
+                    if handler is not None:
+                        handlers.append(handler)
+                rows[state][event] = _Row(phases[next_state], tuple(handlers), entering)
+            for state, phase in phases.items():
+                phase.rows = tuple(rows[state])
+            initial[(kind, reliable)] = phases[State.INIT]
+    return initial
 
 
 # --------------------------------------------------------------------------------------------
@@ -811,6 +968,7 @@ _ACK = Event.ACK
 _TU_REQUEST = Event.TU_REQUEST
 _TU_CANCEL = Event.TU_CANCEL
 _TRANSPORT_ERROR = Event.TRANSPORT_ERROR
+_NON_INVITE_CLIENT = Kind.NON_INVITE_CLIENT
 # Indexed by status // 100: 1xx, 2xx, then 3xx-6xx alike (RFC 3261 17.1.1.2, 17.2.1).
 _RESPONSE_EVENT = (None, Event.PROVISIONAL, Event.SUCCESS, *[Event.FAILURE] * 4)
 _TU_RESPONSE_EVENT = (None, Event.TU_PROVISIONAL, Event.TU_SUCCESS, *[Event.TU_FAILURE] * 4)
@@ -818,13 +976,20 @@ _COMPACT_MIN = 1024  # dead heap entries tolerated before we consider compacting
 
 
 class TransactionTable(Generic[M]):
-    """All transactions of one SIP process, their matching keys and one timer heap.
+    """All transactions of one SIP process, their matching keys and their timers.
 
     Server transactions are keyed per RFC 3261 17.2.3 by (branch, sent-by, method), where an ACK
     looks for the INVITE and a CANCEL is a transaction of its own. Client transactions are keyed
     per 17.1.3 by (branch, CSeq method). The branch is whatever string the caller uses to
     identify the transaction: the top Via's branch for RFC 3261 peers (magic cookie
     ``z9hG4bK``); for RFC 2543 peers, a key the caller derives per 17.2.3's fallback rules.
+    Methods and sent-by values never contain a space (they are tokens and host:port), which
+    keeps the one-string keys unambiguous whatever the branch holds.
+
+    Timers: live transactions (those retransmitting or waiting for a response) share one heap;
+    waiting ones sit in one first-in first-out queue per timer length (:class:`_Queue`).
+    ``now`` must never go back from one call to the next (a monotonic clock); if it did, a
+    waiting transaction could end late behind one queued before it, never early.
     """
 
     def __init__(
@@ -836,17 +1001,15 @@ class TransactionTable(Generic[M]):
         self.timers = timers or TimerConfig()
         self._serialise = serialise
         self.stats = Stats()
-        self._durations = (self.timers.durations(False), self.timers.durations(True))
-        self._machines: dict[Kind, _Machine] = (
-            _COMPILED
-            if self.timers.t2 == TimerConfig().t2
-            else {kind: _compile(table, self.timers.t2) for kind, table in MACHINES.items()}
-        )
-        self._servers: dict[tuple[str, ...], Transaction[M]] = {}
-        self._clients: dict[tuple[str, ...], Transaction[M]] = {}
-        self._live = [0, 0, 0, 0]  # per Kind
-        # Heap of (deadline, sequence, transaction). An entry is live while its deadline equals
-        # the transaction's ``_heap_seq``; the others are dead and skipped (lazy cancellation).
+        queues: dict[float, _Queue] = {}
+        self._initial = _compile(self.timers, queues)
+        self._queues = tuple(queues.values())
+        self._servers: dict[str, Transaction[M]] = {}
+        self._clients: dict[str, Transaction[M]] = {}
+        self._counts = [0, 0, 0, 0]  # per Kind
+        # Heap of (deadline, sequence, transaction) for live transactions. An entry is live
+        # while its sequence equals the transaction's ``heap_seq``; the others are dead and
+        # skipped (lazy cancellation).
         self._heap: list[tuple[float, int, Transaction[M]]] = []
         self._seq = itertools.count()
         self._dead = 0
@@ -875,9 +1038,11 @@ class TransactionTable(Generic[M]):
         invite = method == "INVITE"
         if invite and build_ack is None:
             raise ValueError("an INVITE client transaction needs build_ack (RFC 3261 17.1.1.3)")
-        key = (branch, method)
+        key = f"{method} {branch}"
         if key in self._clients:
-            raise ValueError(f"a client transaction {key} exists already: branches must be unique")
+            raise ValueError(
+                f"a client transaction {method} {branch!r} exists already: branches must be unique"
+            )
         kind = Kind.INVITE_CLIENT if invite else Kind.NON_INVITE_CLIENT
         txn = self._new(kind, key, request, reliable, context, build_ack)
         self._clients[key] = txn
@@ -890,7 +1055,7 @@ class TransactionTable(Generic[M]):
     ) -> list[Action[M]]:
         """A response arrived; ``method`` is its CSeq method, ``branch`` its top Via's."""
         out: list[Action[M]] = []
-        txn = self._clients.get((branch, method))
+        txn = self._clients.get(f"{method} {branch}")
         if txn is None or not 100 <= status < 700:
             self.stats.strays += 1
             out.append(Stray(response))
@@ -932,14 +1097,14 @@ class TransactionTable(Generic[M]):
         """
         out: list[Action[M]] = []
         if method == "ACK":
-            txn = self._servers.get((branch, sent_by, "INVITE"))
+            txn = self._servers.get(f"INVITE {sent_by} {branch}")
             if txn is None:
                 self.stats.strays += 1
                 out.append(Stray(request))
             else:
                 self._run(txn, _ACK, request, now, out)
             return out
-        key = (branch, sent_by, method)
+        key = f"{method} {sent_by} {branch}"
         txn = self._servers.get(key)
         if txn is None:
             kind = Kind.INVITE_SERVER if method == "INVITE" else Kind.NON_INVITE_SERVER
@@ -963,8 +1128,8 @@ class TransactionTable(Generic[M]):
     def invite_for_cancel(self, cancel: Transaction[M]) -> Transaction[M] | None:
         """The INVITE server transaction a CANCEL server transaction cancels (RFC 3261 9.2:
         matched as in 17.2.3, except for the method), if it is still there."""
-        branch, sent_by, _ = cancel.key
-        return self._servers.get((branch, sent_by, "INVITE"))
+        _, sent_by_and_branch = cancel.key.split(" ", 1)
+        return self._servers.get("INVITE " + sent_by_and_branch)
 
     # ---- both sides ------------------------------------------------------------------------
 
@@ -977,149 +1142,209 @@ class TransactionTable(Generic[M]):
     def next_deadline(self) -> float | None:
         """When :meth:`advance` has work next (possibly early, never late); None: no timers."""
         heap = self._heap
-        while heap and heap[0][1] != heap[0][2]._heap_seq:
+        while heap and not _heap_entry_live(heap[0]):
             heapq.heappop(heap)  # dead entries at the top would wake the loop for nothing
             self._dead -= 1
-        return heap[0][0] if heap else None
+        deadline = heap[0][0] if heap else INF
+        for queue in self._queues:
+            waiting = queue.txns
+            while waiting and waiting[0]._phase.state is _TERMINATED:
+                waiting.popleft()  # ended early (transport error): nothing to fire
+            if waiting:
+                deadline = min(deadline, waiting[0]._since + queue.duration)
+        return None if deadline == INF else deadline
 
     def advance(self, now: float) -> list[Action[M]]:
         """Fire every timer due at ``now``, in deadline order."""
         out: list[Action[M]] = []
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, seq, txn = heapq.heappop(heap)
-            if seq != txn._heap_seq:
-                self._dead -= 1
-                continue
-            txn._heap_at = INF
-            txn._heap_seq = -1
-            self._settle(txn, now, out)
-        return out
+        queues = self._queues
+        while True:
+            # The earliest deadline: the heap's top or the head of one of the few queues.
+            at = heap[0][0] if heap else INF
+            source: _Queue | None = None
+            for queue in queues:
+                waiting = queue.txns
+                if waiting:
+                    head = waiting[0]._since + queue.duration
+                    if head < at:
+                        at = head
+                        source = queue
+            if at > now:
+                return out
+            if source is None:
+                _, seq, txn = heapq.heappop(heap)
+                live = txn._live
+                if live is None or seq != live.heap_seq:
+                    self._dead -= 1
+                    continue
+                live.heap_at = INF
+                live.heap_seq = -1
+                self._settle(txn, live, now, out)
+            else:
+                txn = source.txns.popleft()
+                phase = txn._phase
+                if phase.state is not _TERMINATED:
+                    assert phase.wait_event is not None
+                    self._step(txn, phase.wait_event, phase.wait_timer, now, out)
 
     def __len__(self) -> int:
         return len(self._servers) + len(self._clients)
 
     def counts(self) -> dict[Kind, int]:
         """Transactions in the table, by kind (for the transactions gauge)."""
-        return {kind: self._live[kind] for kind in Kind}
+        return {kind: self._counts[kind] for kind in Kind}
 
     def heap_size(self) -> int:
-        """Entries in the timer heap, dead ones included (to check it stays bounded)."""
-        return len(self._heap)
+        """Timer entries, in the heap and the waiting queues, dead ones included (to check they
+        stay bounded)."""
+        return len(self._heap) + sum(len(queue.txns) for queue in self._queues)
 
     # ---- internals -------------------------------------------------------------------------
 
     def _new(
         self,
         kind: Kind,
-        key: tuple[str, ...],
+        key: str,
         request: M,
         reliable: bool,
         context: Any,
         build_ack: Callable[[M], M] | None,
     ) -> Transaction[M]:
-        txn = Transaction(kind, key, request, reliable, context, self._machines[kind], build_ack)
-        self._live[kind] += 1
+        txn = Transaction(key, self._initial[(kind, reliable)], _Live(request, build_ack), context)
+        self._counts[kind] += 1
         self.stats.created += 1
         return txn
 
-    def _run(
-        self, txn: Transaction[M], event: Event, msg: Any, now: float, out: list[Action[M]]
-    ) -> None:
+    def _run(self, txn: Transaction[M], event: Event, msg: Any, now: float,
+             out: list[Action[M]]) -> None:
         """Apply one event, then fire whatever became due (zero-length timers) and reschedule.
 
         The common case (nothing due, heap entry already early enough) is kept inline: this is
         the path every message takes.
         """
-        row = txn._machine[txn.state][event]
+        row = txn._phase.rows[event]
         if row is None:
             self.stats.ignored += 1
             return
-        txn.state = row.next
+        txn._phase = row.next
         for handler in row.handlers:
             handler(self, txn, msg, now, out)
         if row.terminal:
             self._terminate(txn, out)
             return
-        if row.release:
-            _release(txn, row.next, self._serialise)
-        life_at = txn._life_at
-        retx_at = txn._retx_at
+        if row.waits:
+            self._wait(txn, now, out)
+            return
+        live = txn._live
+        if live is None:
+            return  # a waiting transaction that absorbed or resent something: it waits on
+        life_at = live.life_at
+        retx_at = live.retx_at
         at = life_at if life_at < retx_at else retx_at
         if at <= now:
-            self._settle(txn, now, out)
-        elif at < txn._heap_at:
-            self._push(txn, at)
+            self._settle(txn, live, now, out)
+        elif at < live.heap_at:
+            self._push(txn, live, at)
 
-    def _step(
-        self, txn: Transaction[M], event: Event, msg: Any, now: float, out: list[Action[M]]
-    ) -> None:
-        row = txn._machine[txn.state][event]
+    def _step(self, txn: Transaction[M], event: Event, msg: Any, now: float,
+              out: list[Action[M]]) -> None:
+        """Apply one timer event; the caller reschedules."""
+        row = txn._phase.rows[event]
         if row is None:
             self.stats.ignored += 1
             return
-        txn.state = row.next
+        txn._phase = row.next
         for handler in row.handlers:
             handler(self, txn, msg, now, out)
         if row.terminal:
             self._terminate(txn, out)
-        elif row.release:
-            _release(txn, row.next, self._serialise)
+        elif row.waits:
+            self._wait(txn, now, out)
 
-    def _settle(self, txn: Transaction[M], now: float, out: list[Action[M]]) -> None:
+    def _settle(self, txn: Transaction[M], live: _Live[M], now: float,
+                out: list[Action[M]]) -> None:
         """Fire the transaction's due timers (lifetime first on a tie: once B, F or H is due,
         retransmitting is pointless), then make sure the heap holds its next deadline."""
-        while txn.state is not _TERMINATED:
-            life_at = txn._life_at
-            retx_at = txn._retx_at
+        while txn._live is live:  # until it terminates or only waits
+            life_at = live.life_at
+            retx_at = live.retx_at
             if life_at <= now and life_at <= retx_at:
-                timer = txn._life
-                txn._life = None
-                txn._life_at = INF
+                timer = live.life
+                live.life = None
+                live.life_at = INF
                 assert timer is not None
                 self._step(txn, _TIMER_EVENT[timer], timer, now, out)
             elif retx_at <= now:
-                timer = txn._retx
-                txn._retx = None  # the row's double/T2 re-arms it, reading the fired deadline
+                timer = live.retx
+                live.retx = None  # the row's double/T2 re-arms it, reading the fired deadline
                 assert timer is not None
                 self._step(txn, _TIMER_EVENT[timer], timer, now, out)
-                if txn._retx is None:
-                    txn._retx_at = INF
+                if live.retx is None:
+                    live.retx_at = INF
             else:
                 at = life_at if life_at < retx_at else retx_at
-                if at < txn._heap_at:
-                    self._push(txn, at)
+                if at < live.heap_at:
+                    self._push(txn, live, at)
                 return
 
-    def _push(self, txn: Transaction[M], at: float) -> None:
+    def _push(self, txn: Transaction[M], live: _Live[M], at: float) -> None:
         """Make ``at`` the transaction's heap entry; an existing later entry becomes dead."""
-        if txn._heap_at != INF:
+        if live.heap_at != INF:
             self._dead += 1
-        txn._heap_at = at
-        txn._heap_seq = seq = next(self._seq)
+        live.heap_at = at
+        live.heap_seq = seq = next(self._seq)
         heapq.heappush(self._heap, (at, seq, txn))
 
-    def _terminate(self, txn: Transaction[M], out: list[Action[M]]) -> None:
-        if txn.kind <= Kind.NON_INVITE_CLIENT:
-            del self._clients[txn.key]
-        else:
-            del self._servers[txn.key]
-        self._live[txn.kind] -= 1
-        self.stats.terminated += 1
-        txn._retx = txn._life = None
-        txn._retx_at = txn._life_at = INF
-        if txn._heap_at != INF:
-            txn._heap_at = INF
-            txn._heap_seq = -1
+    def _drop_live(self, txn: Transaction[M]) -> None:
+        """The transaction no longer needs its live part; its heap entry, if any, is dead."""
+        live = txn._live
+        if live is None:
+            return
+        txn._live = None
+        if live.heap_at != INF:
             self._dead += 1
             if self._dead > _COMPACT_MIN and self._dead * 2 > len(self._heap):
                 self._compact()
+
+    def _wait(self, txn: Transaction[M], now: float, out: list[Action[M]]) -> None:
+        """The transaction entered a waiting state: keep only what its rows there use, and
+        queue it for the state's timer (which fires at once when zero-length)."""
+        self._drop_live(txn)
+        phase = txn._phase
+        last = txn.last
+        if not phase.keeps_last:
+            txn.last = None  # e.g. INVITE server Accepted absorbs without answering (RFC 6026)
+        elif last is not None and self._serialise is not None and type(last) is not bytes:
+            txn.last = self._serialise(last)  # type: ignore[arg-type]  # not bytes: an M
+        queue = phase.queue
+        if queue is None:  # D, I, J or K over a reliable transport
+            assert phase.wait_event is not None
+            self._step(txn, phase.wait_event, phase.wait_timer, now, out)
+        else:
+            txn._since = now
+            queue.txns.append(txn)
+
+    def _terminate(self, txn: Transaction[M], out: list[Action[M]]) -> None:
+        kind = txn._phase.kind
+        if kind <= _NON_INVITE_CLIENT:
+            del self._clients[txn.key]
+        else:
+            del self._servers[txn.key]
+        self._counts[kind] -= 1
+        self.stats.terminated += 1
+        self._drop_live(txn)
         out.append(Terminated(txn))
 
     def _compact(self) -> None:
         """Drop dead heap entries once they are the majority: memory stays proportional to the
         live transactions even when most end long before their first timer would fire."""
         # In place: advance() may be iterating over this very list.
-        self._heap[:] = [entry for entry in self._heap if entry[1] == entry[2]._heap_seq]
+        self._heap[:] = [entry for entry in self._heap if _heap_entry_live(entry)]
         heapq.heapify(self._heap)
         self._dead = 0
+
+
+def _heap_entry_live(entry: tuple[float, int, Transaction[Any]]) -> bool:
+    live = entry[2]._live
+    return live is not None and live.heap_seq == entry[1]

@@ -37,6 +37,7 @@ from teams_sbc.sip.proxy import (
     Proxy,
     _ClientCtx,
     _Local,
+    _ServerCtx,
 )
 from teams_sbc.sip.transaction import State, Transaction
 from teams_sbc.sip.uri import SipUri, Uri, parse_uri
@@ -139,6 +140,16 @@ class TeamsProxy(Proxy):
             for fqdn in self.tenants.fqdns():
                 for port in ports:
                     self._by_hostport.setdefault((fqdn, port, local.transport), local)
+
+    def _finished(self, ctx: _ServerCtx | _ClientCtx) -> _ServerCtx | _ClientCtx:
+        """The core shares one context among the finished transactions of a destination; a
+        request of the Teams edge keeps its own, with what the edge knows of it (the tenant and
+        direction its final and further 2xx responses are edited by)."""
+        if ctx.edge is None:
+            return super()._finished(ctx)
+        if isinstance(ctx, _ClientCtx):
+            return _ClientCtx(ctx.peer, ctx.listener, None, edge=ctx.edge)
+        return _ServerCtx(ctx.peer, ctx.listener, None, edge=ctx.edge)
 
     @property
     def teams_port(self) -> int:
@@ -641,7 +652,7 @@ class TeamsProxy(Proxy):
             branch=branch,
             reliable=True,
             now=now,
-            context=_ClientCtx(dest, self.teams_listener, None, Probe(state)),
+            context=_ClientCtx(dest, self.teams_listener, None, edge=Probe(state)),
         )
         self._act(actions, now)
 
