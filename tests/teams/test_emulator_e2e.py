@@ -20,7 +20,7 @@ import json
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,15 @@ from cryptography import x509
 
 from teams_sbc.emulator import CallRecord, EmulatorThread
 from teams_sbc.pki import CertFiles
-from tests.testbed.process import free_port, wait_until
+from tests.media.sipp_bed import FAST_MEDIA, carrier_frames
+from tests.testbed.process import free_port, free_port_range, wait_until
+from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory, SbcProcess
 from tests.testbed.sipp import SippFactory, SippUas, UacRun
 from tests.testbed.teams_emulator import EmulatorFactory, TestPki
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+MEDIA_SCENARIOS = Path(__file__).resolve().parents[1] / "testbed" / "scenarios"
 FQDN = "sbc.carrier.test"
 CONTOSO = f"contoso.{FQDN}"
 FAB = f"fab.{FQDN}"
@@ -90,9 +93,11 @@ class EdgeFactory:
         self,
         *,
         uas_scenario: str | None = None,
+        uas_args: list[str] | None = None,
         cert: CertFiles | None = None,
         pki: TestPki | None = None,
         emulator: dict[str, Any] | None = None,
+        media: dict[str, Any] | None = None,
         **teams: Any,
     ) -> Edge:
         pki = pki or self.emulators.pki
@@ -108,7 +113,12 @@ class EdgeFactory:
             **(emulator or {}),
         }
         emu = self.emulators.start(**overrides)
-        uas = self.sipp.uas(scenario=SCENARIOS / uas_scenario) if uas_scenario else None
+        uas = None
+        if uas_scenario is not None:
+            scenario = SCENARIOS / uas_scenario
+            if not scenario.exists():  # the media tests' carrier
+                scenario = MEDIA_SCENARIOS / uas_scenario
+            uas = self.sipp.uas(scenario=scenario, extra_args=uas_args or [])
         section: dict[str, Any] = {
             "fqdn": FQDN,
             "teams_listener": "teams",
@@ -148,6 +158,7 @@ class EdgeFactory:
             ],
             teams=section,
             tls_reload_seconds=0.2,
+            **({"media": media} if media else {}),
         )
         return Edge(sbc, emu, pki, cert, uas, self.sipp)
 
@@ -375,3 +386,53 @@ def _served_serial(edge: Edge) -> int:
     ):
         der = sock.getpeercert(binary_form=True) or b""
     return x509.load_der_x509_certificate(der).serial_number
+
+
+# -- with media: rtpengine between RTP and Teams' SRTP -----------------------------------------
+
+
+def _media_args(edge_sipp: SippFactory) -> list[str]:
+    """sipp's media: plain RTP on loopback, echoing what arrives; its stream file in place."""
+    (edge_sipp.log_dir / "carrier.pcmu").write_bytes(b"".join(carrier_frames()))
+    return ["-mi", "127.0.0.1", "-mp", str(free_port_range(4, "127.0.0.1")), "-rtp_echo"]
+
+
+def test_call_from_teams_with_srtp_through_rtpengine_both_ways(
+    edges: EdgeFactory, rtpengine_factory: Callable[..., Rtpengine]
+) -> None:
+    """The whole chain: the emulator's SRTP (Microsoft's SDP: candidates, MKI key) through
+    rtpengine to the carrier's plain RTP and back; the emulator decrypts the carrier's echo of
+    its own test pattern."""
+    engine = rtpengine_factory()
+    edge = edges(
+        uas_scenario="uas_carrier_media.xml",
+        uas_args=_media_args(edges.sipp),
+        media={"rtpengines": [{"address": engine.ng_address}], **FAST_MEDIA},
+    )
+    call_id = edge.emu.place_call("+4940555123", trunk=FAB)
+    edge.emu.wait_call(call_id, "confirmed", timeout=10)
+    stats = edge.emu.wait_media(call_id, sent=20, decrypted=20, timeout=10)
+    assert stats.auth_failures == 0 and stats.payload_ok > 0  # its pattern, echoed intact
+    edge.emu.hangup(call_id)
+    record = edge.emu.wait_call(call_id, "ended")
+    edge.assert_clean(record)
+    assert record.trunk == FAB
+
+
+def test_call_to_teams_with_rtp_through_rtpengine_both_ways(
+    edges: EdgeFactory, rtpengine_factory: Callable[..., Rtpengine]
+) -> None:
+    engine = rtpengine_factory()
+    edge = edges(media={"rtpengines": [{"address": engine.ng_address}], **FAST_MEDIA})
+    run = edges.sipp.uac(
+        edge.sbc.address("carrier"), calls=1, scenario=SCENARIOS / "uac_media_to_teams.xml",
+        extra_args=["-s", "030123456", *_media_args(edges.sipp)],
+    )  # fmt: skip
+    assert run.stats.successful == 1, run.stats
+    record = edge.only_call()
+    edge.assert_clean(record)
+    assert record.media is not None
+    # The carrier's RTP reached Teams as SRTP that decrypts; Teams' pattern came back intact
+    # through the carrier's echo.
+    assert record.media.decrypted > 0 and record.media.auth_failures == 0
+    assert record.media.payload_ok > 0
