@@ -30,7 +30,7 @@ from teams_sbc.sip.message import Request, Response
 from tests.teams.peers import ProxyPeer, TeamsClient
 from tests.testbed.process import free_port, wait_until
 from tests.testbed.sbc import SbcFactory, SbcProcess
-from tests.testbed.sipp import SippFactory, SippUas
+from tests.testbed.sipp import SippFactory, SippUas, UacRun
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "testbed" / "scenarios"
 HERE_SCENARIOS = Path(__file__).parent / "scenarios"
@@ -157,6 +157,12 @@ def beds(
         factory.close()
 
 
+def _sipp_errors(run: UacRun) -> str:
+    """What sipp said went wrong, for the assertion message."""
+    errors = run.error_path.read_text() if run.error_path.exists() else ""
+    return f"{run.stats}\n{errors[-3000:]}"
+
+
 # -- OPTIONS keepalive --------------------------------------------------------------------------
 
 
@@ -195,7 +201,7 @@ def test_call_from_the_carrier_reaches_teams_as_microsoft_wants_it(
     run = sipp_factory.uac(bed.sbc.address("carrier"), calls=1,
                            scenario=HERE_SCENARIOS / "uac_call_to_teams.xml",
                            extra_args=["-s", "030123456"])  # fmt: skip
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     dialog = bed.peers["sip"].next_invite()
     invite = dialog.invite
     assert invite.uri == "sip:+4930123456@sip.pstnhub.microsoft.com:5061;user=phone;transport=tls"
@@ -226,7 +232,7 @@ def test_ack_with_the_first_180s_tag_is_repaired(
     run = sipp_factory.uac(bed.sbc.address("carrier"), calls=1,
                            scenario=HERE_SCENARIOS / "uac_ack_with_180_tag.xml",
                            extra_args=["-s", "030123456"])  # fmt: skip
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     dialog = bed.peers["sip"].next_invite()
     bed.peers["sip"].wait(lambda: bool(dialog.acks and dialog.byes))
     assert [a.to_tag for a in dialog.acks] == ["fork-d"]
@@ -241,7 +247,7 @@ def test_failover_when_sip_is_silent(beds: BedFactory, sipp_factory: SippFactory
     run = sipp_factory.uac(bed.sbc.address("carrier"), calls=1,
                            scenario=HERE_SCENARIOS / "uac_call_to_teams.xml",
                            extra_args=["-s", "040555123"])  # fmt: skip
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     assert bed.peers["sip"].dialogs, "sip was tried first"
     dialog = bed.peers["sip2"].next_invite()
     assert dialog.invite.uri.startswith("sip:+4940555123@sip2.pstnhub.microsoft.com")

@@ -170,6 +170,12 @@ def edges(
     yield EdgeFactory(teams_emulator_factory, sbc_factory, sipp_factory)
 
 
+def _sipp_errors(run: UacRun) -> str:
+    """What sipp said went wrong, for the assertion message."""
+    errors = run.error_path.read_text() if run.error_path.exists() else ""
+    return f"{run.stats}\n{errors[-3000:]}"
+
+
 # -- OPTIONS ----------------------------------------------------------------------------------
 
 
@@ -198,7 +204,7 @@ def test_call_to_teams_answered_and_ended_by_the_carrier(edges: EdgeFactory, ten
     edge = edges()
     national, e164 = NUMBERS[tenant]
     run = edge.call_from_carrier("uac_call_to_teams.xml", national)
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)
     assert record.direction == "to-teams" and record.number == e164 and record.trunk == tenant
@@ -231,7 +237,7 @@ def test_call_to_teams_ended_by_teams(edges: EdgeFactory) -> None:
 def test_hold_and_resume_from_the_carrier_reach_teams_as_inactive(edges: EdgeFactory) -> None:
     edge = edges()
     run = edge.call_from_carrier("uac_hold_resume.xml", "040555123")
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)  # strict_hold: a=sendonly would have been 488 and a violation
     reinvites = [e.message for e in record.ladder if e.arrow == "<-" and
@@ -243,7 +249,7 @@ def test_cancel_of_a_call_to_teams(edges: EdgeFactory) -> None:
     edge = edges(emulator={"users": [{"number": "+4930123999", "behaviour": "no-answer"}],
                            "unknown_numbers": "answer"})  # fmt: skip
     run = edge.call_from_carrier("uac_cancel_teams.xml", "030123999")
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     record = edge.emu.wait_call(edge.only_call().call_id, "cancelled")
     assert not record.violations
 
@@ -252,7 +258,7 @@ def test_busy_teams_user_reaches_the_carrier_as_cause_17(edges: EdgeFactory) -> 
     edge = edges(emulator={"users": [{"number": "+4930123777", "behaviour": "busy"}],
                            "unknown_numbers": "answer"})  # fmt: skip
     run = edge.call_from_carrier("uac_busy_teams.xml", "030123777")  # sipp checks cause=17
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     record = edge.emu.wait_call(edge.only_call().call_id, "rejected")
     assert record.final_status == 486 and not record.violations
 
@@ -260,7 +266,7 @@ def test_busy_teams_user_reaches_the_carrier_as_cause_17(edges: EdgeFactory) -> 
 def test_ack_with_a_180s_tag_is_repaired_and_the_call_lives(edges: EdgeFactory) -> None:
     edge = edges()
     run = edge.call_from_carrier("uac_ack_with_180_tag.xml", "030123456")
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)  # the emulator would ignore a wrong ACK and tear the call down
     # Teams forked: the first 180 (whose tag the carrier used) is not the 200's device.
@@ -273,7 +279,7 @@ def test_failover_when_sip_refuses(edges: EdgeFactory) -> None:
     wait_until(lambda: edge.states() == ["up", "up", "up"], 10, "all proxies up")
     edge.emu.set_failure("sip", "refuse")
     run = edge.call_from_carrier("uac_call_to_teams.xml", "030123456")
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)
     assert record.proxy == "sip2"
@@ -287,7 +293,7 @@ def test_failover_when_sip_answers_503(edges: EdgeFactory) -> None:
     edge = edges()
     edge.emu.set_failure("sip", "503")
     run = edge.call_from_carrier("uac_call_to_teams.xml", "030123456")
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     ok = [c for c in edge.emu.calls() if c.ok]
     assert len(ok) == 1 and ok[0].proxy == "sip2"
     # Whether the call or a keepalive met the 503 first, its Retry-After keeps sip out of new
@@ -428,7 +434,7 @@ def test_call_to_teams_with_rtp_through_rtpengine_both_ways(
         edge.sbc.address("carrier"), calls=1, scenario=SCENARIOS / "uac_media_to_teams.xml",
         extra_args=["-s", "030123456", *_media_args(edges.sipp)],
     )  # fmt: skip
-    assert run.stats.successful == 1, run.stats
+    assert run.stats.successful == 1, _sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)
     assert record.media is not None
