@@ -17,7 +17,7 @@ import hashlib
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,12 +129,17 @@ class TeamsProxy(Proxy):
 
     # -- names ------------------------------------------------------------------------------
 
-    def set_bound_addresses(self, bound: dict[str, tuple[str, int]]) -> None:
+    def set_bound_addresses(
+        self,
+        bound: Mapping[str, tuple[str, int]],
+        via_ports: Mapping[str, int] | None = None,
+        sibling_ports: Mapping[str, Collection[int]] | None = None,
+    ) -> None:
         """Besides each listener's own address: every FQDN of the trunk (base and tenants)
         names the Teams listener (at its port and at 5061, the port Microsoft assumes) and
         each carrier listener at its port, so our Record-Route entries and Request-URIs with
         those names are recognised as ours by any replica."""
-        super().set_bound_addresses(bound)
+        super().set_bound_addresses(bound, via_ports, sibling_ports)
         for local in self._locals.values():
             ports = {local.port, 5061} if local.name == self.teams_listener else {local.port}
             for fqdn in self.tenants.fqdns():
@@ -567,11 +572,11 @@ class TeamsProxy(Proxy):
                 return
         super()._branch_failed(client, status, reason, now)
 
-    def _forward_stateless_ack(self, ack: Request, listener: str) -> None:
+    def _forward_stateless_ack(self, ack: Request, listener: str, now: float) -> None:
         from_teams = listener == self.teams_listener
         tenant = self._tenant_from_routes(ack) or self.tenants.base
         if not from_teams and tenant.policy.ack_repair:
-            repaired = self.ack_repair.repair(ack, self._now)
+            repaired = self.ack_repair.repair(ack, now)
             if repaired is not None:
                 self.edge_metrics.ack_repairs.inc()
                 log.warning(
@@ -582,7 +587,7 @@ class TeamsProxy(Proxy):
                 )  # fmt: skip
         self._ack_info = CallInfo(tenant, from_teams, initial=False)
         try:
-            super()._forward_stateless_ack(ack, listener)
+            super()._forward_stateless_ack(ack, listener, now)
         finally:
             self._ack_info = None
 
