@@ -271,7 +271,8 @@ def test_ack_with_a_180s_tag_is_repaired_and_the_call_lives(edges: EdgeFactory) 
     edge.assert_clean(record)  # the emulator would ignore a wrong ACK and tear the call down
     # Teams forked: the first 180 (whose tag the carrier used) is not the 200's device.
     assert record.provisional_tags[0] != record.answered_tag
-    assert edge.sbc.metrics().value("sbc_teams_ack_repairs_total") == 1
+    # Each ACK sipp sends (again for each 200 retransmitted meanwhile) is repaired.
+    assert edge.sbc.metrics().value("sbc_teams_ack_repairs_total") >= 1
 
 
 def test_failover_when_sip_refuses(edges: EdgeFactory) -> None:
