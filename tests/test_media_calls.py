@@ -33,11 +33,14 @@ from tests.media.sipp_bed import (
     teams_packets,
 )
 from tests.media.stun import BINDING_SUCCESS, ice_lite_sdp
+from tests.teams.test_emulator_e2e import SCENARIOS as EDGE_SCENARIOS
+from tests.teams.test_emulator_e2e import EdgeFactory
 from tests.test_proxy_sipp import Traced, read_trace
-from tests.testbed.process import free_port, wait_until
+from tests.testbed.process import free_port, free_port_range, wait_until
 from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory
 from tests.testbed.sipp import SippFactory
+from tests.testbed.teams_emulator import EmulatorFactory
 
 RtpengineFactory = Callable[..., Rtpengine]
 
@@ -517,6 +520,42 @@ def test_teams_answering_from_another_fork_keeps_srtp_both_ways(
     assert scrape.value("sbc_media_fork_switches_total") == 1
     assert scrape.value("sbc_media_dialogs") == 0
     bed.sbc.wait_idle()
+
+
+def test_teams_emulator_forking_gets_the_carriers_audio_after_its_200(
+    teams_emulator_factory: EmulatorFactory,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """The same through the Teams edge to the strict Teams emulator, which forks as Microsoft
+    does (two devices: the 183 with SDP from the first, the 200 from the second). The carrier
+    streams only once answered, so every packet the emulator gets came after the 200: all of
+    them decrypt, and the emulator's own pattern comes back through the carrier's echo. Before
+    the fix the emulator got 4 packets of about 120 and 4 of its 50 came back."""
+    engine = rtpengine_factory()
+    edge = EdgeFactory(teams_emulator_factory, sbc_factory, sipp_factory)(
+        emulator={"forks": 2},
+        media={"rtpengines": [{"address": engine.ng_address}], **FAST_MEDIA},
+    )
+    (sipp_factory.log_dir / "carrier.pcmu").write_bytes(b"".join(carrier_frames()))
+    run = sipp_factory.uac(
+        edge.sbc.address("carrier"), calls=1, scenario=EDGE_SCENARIOS / "uac_media_to_teams.xml",
+        extra_args=["-s", "030123456", "-mi", "127.0.0.1",
+                    "-mp", str(free_port_range(4, "127.0.0.1")), "-rtp_echo"],
+    )  # fmt: skip
+    assert run.stats.successful == 1, run.error_path
+    record = edge.only_call()
+    edge.assert_clean(record)
+    assert record.answered_tag is not None and record.answered_tag != record.provisional_tags[0]
+    media = record.media
+    assert media is not None, record.ladder_text()
+    # 1.5 s of the carrier's 20 ms frames, all after the 200, all decrypting.
+    assert media.received >= 40 and media.decrypted == media.received - media.rtcp, media
+    assert media.auth_failures == 0 and media.payload_other >= 40, media
+    assert media.payload_ok >= media.sent * 0.9, media  # Teams' own packets came back
+    wait_until(lambda: engine.client().list_calls() == [], 5, "rtpengine to hold no session")
+    assert edge.sbc.metrics().value("sbc_media_fork_switches_total") == 1
 
 
 def test_media_timeout_ends_the_call_with_a_bye_to_each_party(
