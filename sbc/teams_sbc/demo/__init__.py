@@ -125,6 +125,8 @@ def run_teams_demo(workdir: str | None = None, *, full_ladder: bool = False) -> 
                 {
                     "call": r.planned.index, "direction": r.planned.direction,
                     "tenant": r.planned.tenant.name, "call_id": r.call_id, "ok": r.ok,
+                    "teams_proxy": r.teams.proxy if r.teams else None,
+                    "trunk": r.teams.trunk if r.teams else None,
                     "problems": r.problems,
                 }
                 for r in results

@@ -262,6 +262,7 @@ class Bed:
                 f"--listen-ng={HOST}:{ng_port}", "--table=-1", "--foreground",
                 "--log-stderr", "--log-level=6", f"--port-min={low}", f"--port-max={low + 39}",
                 "--delete-delay=0", "--timeout=30",
+                f"--pidfile={self.work / 'logs' / 'rtpengine.pid'}",
                 f"--b2b-url=http://{HOST}:{self.http_port}/rtpengine/timeout",
                 "--xmlrpc-format=2",
             ],

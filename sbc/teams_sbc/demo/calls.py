@@ -179,7 +179,7 @@ def _judge(bed: Bed, item: _Running) -> CallResult:
         records = [c for c in bed.emulator.calls() if c.call_id == result.call_id]
         result.teams = records[0] if records else None
         result.stray = bed.emulator.do(lambda e: _stray_of(e, result.call_id))
-    result.problems = _problems(result, bed)
+    result.problems = _problems(result)
     return result
 
 
@@ -204,38 +204,32 @@ def _final_to_carrier(messages: list[Traced]) -> Traced | None:
     return finals[-1] if finals else None
 
 
-def _problems(result: CallResult, bed: Bed) -> list[str]:
-    problems: list[str] = []
-    planned, record = result.planned, result.teams
-    carrier = result.carrier
+def _problems(result: CallResult) -> list[str]:
+    """Why the call did not succeed, each reason once, Teams' (the emulator's) first: it says
+    which of Microsoft's rules the SBC broke."""
+    planned, record, carrier = result.planned, result.teams, result.carrier
+    if planned.direction == "to-teams" and result.call_id is None:
+        return [f"the carrier's sipp sent no INVITE (exit {result.carrier_exit}; see its log)"]
+    if record is None:
+        if planned.direction == "from-teams":
+            return ["the emulator has no record of the call it placed"]
+        final = _final_to_carrier(carrier)
+        answer = final.summary() if final is not None else "no final response"
+        notes = [e.text for e in result.stray if e.arrow == "!!"]
+        refused = f" ({'; '.join(notes)})" if notes else ""
+        return [f"Teams (the emulator) never took the call{refused}; the carrier got {answer}"]
+    problems = _teams_problems(record)
+    if problems:
+        return problems
     if planned.direction == "to-teams":
-        if result.call_id is None:
-            return [f"the carrier's sipp sent no INVITE (exit {result.carrier_exit})"]
-        if record is None:
-            final = _final_to_carrier(carrier)
-            answer = final.summary() if final is not None else "no final response"
-            notes = [e.text for e in result.stray if e.arrow == "!!"]
-            problems.append(
-                "Teams (the emulator) never took the call"
-                + (f" ({'; '.join(notes)})" if notes else "")
-                + f"; the carrier got {answer}"
-            )
-        elif result.carrier_exit != 0:
+        if result.carrier_exit != 0:
             problems.append(_carrier_failure(carrier, result.carrier_exit))
-    elif record is not None and not any(m.method == "INVITE" for m in carrier):
+    elif not any(m.method == "INVITE" for m in carrier):
         problems.append("the carrier never received the call")
-    elif carrier:
+    else:
         got = {m.method for m in carrier if m.direction == "received"}
-        for method in ("ACK", "BYE"):
-            if method not in got:
-                problems.append(f"the carrier received no {method}")
-    if record is not None:
-        problems += _teams_problems(record)
-    elif planned.direction == "from-teams":
-        problems.append("the emulator has no record of the call it placed")
-    if record is not None and record.ok:
-        problems += _media_problems(result)
-    return problems
+        problems += [f"the carrier received no {m}" for m in ("ACK", "BYE") if m not in got]
+    return problems + _media_problems(result)
 
 
 def _carrier_failure(carrier: list[Traced], code: int | None) -> str:
@@ -246,21 +240,20 @@ def _carrier_failure(carrier: list[Traced], code: int | None) -> str:
 
 
 def _teams_problems(record: CallRecord) -> list[str]:
-    problems: list[str] = []
-    for violation in record.violations:
-        problems.append(f"Teams (the emulator) says the SBC broke a rule: {violation}")
-    if record.failure:
-        problems.append(f"Teams (the emulator): {record.failure}")
+    problems = [f"Teams (the emulator) says the SBC broke a rule: {v}" for v in record.violations]
     if record.state == "rejected":
         notes = [e.text for e in record.ladder if e.arrow == "!!"]
         problems.append(
-            f"rejected with {record.final_status}" + (f": {'; '.join(notes)}" if notes else "")
+            f"Teams (the emulator) answered {record.final_status}"
+            + (f": {'; '.join(notes)}" if notes else "")
         )
-    elif record.state == "cancelled":
+    elif record.failure and record.failure not in record.violations:
+        problems.append(f"Teams (the emulator): {record.failure}")
+    if record.state == "cancelled":
         problems.append("cancelled before it was answered")
     elif record.state not in ("ended", "failed", "rejected"):
         problems.append(f"did not end in time (Teams side still {record.state})")
-    elif not problems and record.state != "ended":
+    elif record.state != "ended" and not problems:
         problems.append(f"ended as {record.state}")
     return problems
 

@@ -98,7 +98,7 @@ class Traced:
 
     def summary(self) -> str:
         """The start line, and what matters of the rest (SDP, To-tag, Reason)."""
-        parts = [self.first_line.removesuffix(" SIP/2.0")]
+        parts = [self.first_line.removesuffix(" SIP/2.0").removeprefix("SIP/2.0 ")]
         if self.status is not None:
             parts[0] += f" ({self.cseq_method})" if self.cseq_method != "INVITE" else ""
         if self.has_sdp:
