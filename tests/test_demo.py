@@ -82,6 +82,7 @@ def test_teams_demo_calls_both_ways_for_both_tenants_with_media(tmp_path: Path) 
     # Media: SRTP that decrypted at Teams, and Teams' own packets back through the carrier.
     assert result["media_packets_to_teams"] > 100
     assert result["media_packets_from_teams"] > 100
+    assert result["media_carrier_audio_to_teams"] > 100  # the carrier's tone, after the answer
     assert result["media_auth_failures"] == 0
     assert 0 <= result["media_loss_pct"] < 10
     assert result["children_stopped"] is True and result["problems"] == []

@@ -6,9 +6,11 @@ A call succeeded when both ends say so and media crossed rtpengine both ways:
   and ended by a BYE, no rule of Microsoft's broken (``ok``);
 - the carrier's side (sipp): its call ran to the end (placed: 200, ACK, BYE answered 200;
   answered: ACK and BYE received, BYE answered);
-- media: SRTP from rtpengine that decrypted with the key of the SBC's SDP reached Teams, and
-  Teams' own packets (its test pattern) came back intact through the carrier's echo, which
-  proves rtpengine decrypted them into plain RTP for the carrier and encrypted them again.
+- media: SRTP from rtpengine that decrypted with the key of the SBC's SDP reached Teams, the
+  carrier's own audio among it, and Teams' own packets (its test pattern) came back intact
+  through the carrier's echo, which proves rtpengine decrypted them into plain RTP for the
+  carrier and encrypted them again; at most ``MAX_LOSS_PCT`` of them lost on the way, and no
+  packet at Teams failing SRTP authentication.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ Direction = Literal["to-teams", "from-teams"]
 
 #: How long one call may take from start to the end of its BYE.
 CALL_TIMEOUT = 30.0
+
+#: A call whose round trip lost more of Teams' packets than this (percent) failed: its audio
+#: broke off (on loopback the only loss expected is the odd packet Teams sends before the SBC
+#: has given rtpengine its key).
+MAX_LOSS_PCT = 10
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,12 @@ class CallResult:
     def media_from_teams(self) -> int:
         media = self.teams.media if self.teams is not None else None
         return media.payload_ok if media is not None else 0
+
+    @property
+    def media_carrier_audio(self) -> int:
+        """Decrypted packets at Teams that were not its own pattern: the carrier's tone."""
+        media = self.teams.media if self.teams is not None else None
+        return media.payload_other if media is not None else 0
 
     @property
     def media_auth_failures(self) -> int:
@@ -262,9 +275,15 @@ def _media_problems(result: CallResult) -> list[str]:
     problems: list[str] = []
     if result.media_to_teams == 0:
         problems.append("no SRTP from rtpengine decrypted at Teams")
-    if result.media_from_teams == 0:
+    elif result.media_carrier_audio == 0:
+        problems.append("none of the carrier's audio reached Teams (only Teams' own echo did)")
+    sent, back = result.media_sent, result.media_from_teams
+    if back == 0:
+        problems.append(f"none of the {sent} packets Teams sent came back through the carrier")
+    elif sent and 100 * (sent - back) > MAX_LOSS_PCT * sent:
         problems.append(
-            f"none of the {result.media_sent} packets Teams sent came back through the carrier"
+            f"{sent - back} of the {sent} packets Teams sent did not come back through the "
+            f"carrier ({100 * (sent - back) / sent:.0f}% lost, more than {MAX_LOSS_PCT}%)"
         )
     if result.media_auth_failures:
         problems.append(f"{result.media_auth_failures} packets at Teams failed SRTP authentication")

@@ -65,8 +65,9 @@ def ladder(result: CallResult, offset: float, *, full: bool = False) -> str:
     if media is not None:
         out.append(
             f"  media: Teams sent {media.sent} SRTP packets, {media.payload_ok} came back intact "
-            f"through the carrier's RTP echo; Teams decrypted {media.decrypted} from rtpengine "
-            f"({media.auth_failures} failed authentication)"
+            f"through the carrier's RTP echo; Teams decrypted {media.decrypted} from rtpengine, "
+            f"{media.payload_other} of them the carrier's tone ({media.auth_failures} failed "
+            "authentication)"
         )
     if result.ok:
         out.append("  => ok")
@@ -84,6 +85,7 @@ def media_totals(results: list[CallResult]) -> dict[str, Any]:
         "media_packets_to_teams": sum(r.media_to_teams for r in results),
         "media_packets_from_teams": back,
         "media_packets_sent_by_teams": sent,
+        "media_carrier_audio_to_teams": sum(r.media_carrier_audio for r in results),
         "media_loss_pct": max(loss, 0.0),
         "media_auth_failures": sum(r.media_auth_failures for r in results),
     }
