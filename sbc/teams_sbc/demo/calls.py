@@ -32,9 +32,9 @@ Direction = Literal["to-teams", "from-teams"]
 CALL_TIMEOUT = 30.0
 
 #: A call whose round trip lost more of Teams' packets than this (percent) failed: its audio
-#: broke off (on loopback the only loss expected is the odd packet Teams sends before the SBC
-#: has given rtpengine its key).
-MAX_LOSS_PCT = 10
+#: broke off. On loopback the only loss expected is what Teams sends with its 183 before the SBC
+#: has handed rtpengine Teams' key (1 packet of 50 on an idle machine; a few more on a busy one).
+MAX_LOSS_PCT = 20
 
 
 @dataclass(frozen=True)
