@@ -58,11 +58,11 @@ from sip_proxy import (  # noqa: E402
     RFC_TIMERS,
     LoadResult,
     Search,
-    _load_result,
     affinity,
     cpu_set,
     git_state,
     group_sample,
+    load_result,
     log,
     snapshot_sbc,
     stat_rows,
@@ -116,7 +116,7 @@ def run_load(
                 break
     finally:
         code = proc.stop()
-    return _load_result(stat, code, calls, stopped, proc)
+    return load_result(stat, code, calls, stopped, proc)
 
 
 @dataclass

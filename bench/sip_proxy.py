@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -109,10 +110,9 @@ class ProcSample:
 
 
 def group_sample(pgid: int) -> ProcSample:
-    """Sum /proc/PID/stat over every process of group ``pgid`` (a part and what it forked)."""
-    cpu = 0
-    rss = 0
-    pids = []
+    """Sum /proc/PID/stat over every process of group ``pgid`` (a part and what it forked) and
+    their descendants in other groups (the SBC's workers run in sessions of their own)."""
+    stats: dict[int, tuple[int, int, list[bytes]]] = {}  # pid -> (ppid, pgid, fields)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -122,12 +122,19 @@ def group_sample(pgid: int) -> ProcSample:
         except OSError:  # gone meanwhile
             continue
         fields = raw[raw.rindex(b")") + 2 :].split()
-        if int(fields[2]) != pgid:
-            continue
-        pids.append(int(entry))
+        stats[int(entry)] = (int(fields[1]), int(fields[2]), fields)
+    members = {pid for pid, (_, group, _) in stats.items() if group == pgid}
+    grown = True
+    while grown:
+        more = {pid for pid, (ppid, _, _) in stats.items() if ppid in members} - members
+        members |= more
+        grown = bool(more)
+    cpu = rss = 0
+    for pid in members:
+        fields = stats[pid][2]
         cpu += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
         rss += int(fields[21]) * PAGE
-    return ProcSample(cpu / TICK, rss, tuple(sorted(pids)))
+    return ProcSample(cpu / TICK, rss, tuple(sorted(members)))
 
 
 def allowed_cpus(pids: tuple[int, ...]) -> set[str]:
@@ -152,22 +159,25 @@ class Proxy:
     pgid: int | None
     stop: Callable[[], object]
     transactions: Callable[[], dict[str, float]] | None = None
+    #: The UAC's source ports: one sipp UAC each, sharing the load (see run_from_sources).
+    sources: list[int] = field(default_factory=list)
 
 
-def start_peer(peer: str, workdir: Path, uas_port: int, workers: int) -> Proxy:
+def start_peer(peer: str, workdir: Path, uas_port: int, workers: int, sources: int = 1) -> Proxy:
     """``ceiling`` is no proxy at all: the UAC calls the UAS directly."""
+    free = [free_port(socket.SOCK_DGRAM) for _ in range(sources)]
     if peer == "ceiling":
-        return Proxy(f"127.0.0.1:{uas_port}", None, lambda: None)
+        return Proxy(f"127.0.0.1:{uas_port}", None, lambda: None, sources=free)
     if peer == "kamailio":
         kam = Kamailio(workdir, uas_port, workers=workers, shm_mb=1024, pkg_mb=8).start()
         assert kam.proc is not None
-        return Proxy(kam.address, kam.proc.pid, kam.stop)
+        return Proxy(kam.address, kam.proc.pid, kam.stop, sources=free)
     config: dict[str, Any] = {
         "logging": {"level": "WARNING", "format": "json"},
         "drain_seconds": 0,  # stopping a trial's SBC must not wait for its timers
         "routes": [{"name": "uas", "next_hop": f"sip:127.0.0.1:{uas_port}"}],
     }
-    if workers > 1:  # not in the config schema yet: the SBC refuses it loudly until it is
+    if workers > 1:
         config["workers"] = workers
     sbc = SbcProcess(
         workdir,
@@ -176,7 +186,9 @@ def start_peer(peer: str, workdir: Path, uas_port: int, workers: int) -> Proxy:
         config=config,
     ).start()
     assert sbc.proc is not None
-    return Proxy(sbc.address("a"), sbc.proc.pid, sbc.stop, sbc.transactions)
+    if workers > 1:
+        free = balanced_sources(sbc, workers, sources)
+    return Proxy(sbc.address("a"), sbc.proc.pid, sbc.stop, sbc.transactions, sources=free)
 
 
 # -- sipp's UAC under watch -------------------------------------------------------------------
@@ -229,12 +241,13 @@ def run_load(
     workdir: Path,
     *,
     name: str,
-    rate: int,
+    rate: float,
     calls: int,
     hold_ms: int = 0,
     trace: Path | None = None,
     on_tick: Callable[[], None] | None = None,
     stop_when: Callable[[], bool] | None = None,
+    port: int | None = None,
 ) -> LoadResult:
     """sipp's built-in uac at ``rate`` until ``calls`` calls are done, watched every 0.2 s.
 
@@ -244,8 +257,8 @@ def run_load(
     stat = workdir / f"{name}.stat.csv"
     args = [
         require_binary("sipp"), "-sn", "uac", target,
-        "-i", "127.0.0.1", "-p", str(free_port(socket.SOCK_DGRAM)), "-t", "u1",
-        "-m", str(calls), "-r", str(rate), "-d", str(hold_ms),
+        "-i", "127.0.0.1", "-p", str(port or free_port(socket.SOCK_DGRAM)), "-t", "u1",
+        "-m", str(calls), "-r", f"{rate:g}", "-d", str(hold_ms),
         "-recv_timeout", "10s", "-pause_msg_ign", "-nostdin",
         "-trace_stat", "-stf", str(stat), "-fd", "1",
         "-trace_err", "-error_file", str(workdir / f"{name}.errors.log"),
@@ -274,12 +287,17 @@ def run_load(
                 break
     finally:
         code = proc.stop()
-    return _load_result(stat, code, calls, stopped, proc)
+    return load_result(stat, code, calls, stopped, proc)
 
 
-def _load_result(
+def load_result(
     stat: Path, code: int | None, calls: int, stopped: str, proc: ManagedProcess
 ) -> LoadResult:
+    """What a finished sipp load run did, from its statistics file (``-trace_stat``): calls
+    created, successful and failed, the creation rate and the most calls at once. ``code`` is
+    sipp's exit status, ``stopped`` why the run was ended early ("" if it was not), ``proc``
+    the sipp process (its log explains a run that wrote nothing). Shared with media_bench.py,
+    whose loads use another scenario."""
     rows = stat_rows(stat)
     if not rows:
         raise PartFailed(f"sipp wrote no statistics (exit {code})\n{proc.log_tail()}")
@@ -295,6 +313,122 @@ def _load_result(
         max_concurrent=max(int(r["CurrentCall"]) for r in rows),
         stopped=stopped,
     )
+
+
+# -- load from several sources (an SBC with several workers) ----------------------------------
+
+
+def run_from_sources(
+    target: str,
+    workdir: Path,
+    ports: list[int],
+    *,
+    name: str,
+    rate: int,
+    calls: int,
+    hold_ms: int = 0,
+    trace: Path | None = None,
+    on_tick: Callable[[], None] | None = None,
+    stop_when: Callable[[], bool] | None = None,
+) -> LoadResult:
+    """:func:`run_load` split over one sipp UAC per source port, all at once, each with an
+    equal share of the rate and the calls; their figures added up. With one port (or none) it
+    is :func:`run_load` itself. Traces are written per UAC, then joined into ``trace``.
+
+    SO_REUSEPORT hands all of one source's datagrams to one SBC worker, so a multi-worker SBC
+    needs several sources to share the load (:func:`balanced_sources` picks the ports).
+    """
+    if len(ports) <= 1:
+        return run_load(
+            target, workdir, name=name, rate=rate, calls=calls, hold_ms=hold_ms, trace=trace,
+            on_tick=on_tick, stop_when=stop_when, port=ports[0] if ports else None,
+        )  # fmt: skip
+    share = len(ports)
+    results: list[LoadResult | BaseException] = [RuntimeError("not run")] * share
+    traces = [trace.with_suffix(f".{i}{trace.suffix}") if trace else None for i in range(share)]
+
+    def one(i: int) -> None:
+        try:
+            results[i] = run_load(
+                target, workdir, name=f"{name}{i}", rate=rate / share,
+                calls=max(1, calls // share), hold_ms=hold_ms, trace=traces[i],
+                on_tick=on_tick if i == 0 else None, stop_when=stop_when, port=ports[i],
+            )  # fmt: skip
+        except BaseException as exc:  # re-raised in the caller's thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(share)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done: list[LoadResult] = []
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+        done.append(r)
+    if trace is not None:
+        with trace.open("wb") as joined:
+            for part in traces:
+                if part is not None and part.exists():
+                    joined.write(part.read_bytes())
+                    part.unlink()
+    rates = [r.achieved_cps for r in done]
+    return LoadResult(
+        planned=sum(r.planned for r in done),
+        created=sum(r.created for r in done),
+        successful=sum(r.successful for r in done),
+        failed=sum(r.failed for r in done),
+        achieved_cps=None if None in rates else sum(r or 0.0 for r in rates),
+        max_concurrent=sum(r.max_concurrent for r in done),
+        stopped="; ".join(sorted({r.stopped for r in done if r.stopped})),
+    )
+
+
+def balanced_sources(sbc: SbcProcess, workers: int, count: int) -> list[int]:
+    """``count`` free UDP ports whose datagrams the kernel gives to the SBC's workers in equal
+    numbers, found by asking: an OPTIONS for the SBC itself from each candidate port, and whose
+    ``sbc_worker_sip_requests_total`` grew. A benchmark of capacity should not depend on how a
+    handful of sources happen to hash; real traffic from many sources spreads by itself."""
+    want = -(-count // workers)  # per worker
+    chosen: dict[str, list[int]] = {}
+    host, port = sbc.host("a"), sbc.port("a")
+    for _ in range(50 * count):
+        if sum(len(v) for v in chosen.values()) >= count:
+            break
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((host, 0))
+            mine = int(sock.getsockname()[1])
+            before = _options_by_worker(sbc)
+            sock.settimeout(2)
+            sock.sendto(_options(host, port, mine), (host, port))
+            sock.recv(65535)
+            after = _options_by_worker(sbc)
+        grown = [w for w, n in after.items() if n > before.get(w, 0)]
+        if len(grown) == 1 and len(chosen.setdefault(grown[0], [])) < want:
+            chosen[grown[0]].append(mine)
+    ports = [p for group in zip(*chosen.values(), strict=False) for p in group][:count]
+    if len(chosen) < workers or len(ports) < count:
+        raise PartFailed(f"could not find {count} source ports spread over {workers} workers")
+    return ports
+
+
+def _options_by_worker(sbc: SbcProcess) -> dict[str, float]:
+    return {
+        s.labels["worker"]: s.value
+        for s in sbc.metrics().samples
+        if s.name == "sbc_worker_sip_requests_total" and s.labels.get("method") == "OPTIONS"
+    }
+
+
+def _options(host: str, port: int, local: int) -> bytes:
+    tag = os.urandom(4).hex()
+    return (
+        f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {host}:{local};branch=z9hG4bK{tag}probe;rport\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:bench@{host}>;tag={tag}\r\nTo: <sip:{host}:{port}>\r\n"
+        f"Call-ID: {tag}@bench\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 # -- response times from sipp's message trace ---------------------------------------------------
@@ -325,6 +459,8 @@ def trace_messages(trace: Path) -> Iterator[tuple[float, bool, str, dict[str, st
         for line in lines:
             if not line.startswith("-----------------------------------------------"):
                 continue
+            if not line.strip("- \n"):
+                continue  # sipp's "Dead call ... received" note: no timestamp, not a message
             stamp = datetime.fromisoformat(line.strip("- \n")).timestamp()
             outgoing = "message sent" in next(lines, "")
             start = ""
@@ -403,7 +539,9 @@ class Bench:
             uas = SippUas(workdir, name="uas").start()
         try:
             with affinity(self.proxy_cpus):
-                proxy = start_peer(peer, workdir, uas.port, self.args.workers)
+                proxy = start_peer(
+                    peer, workdir, uas.port, self.args.workers, self.args.uac_sources
+                )
             try:
                 self._show_pinning(peer, proxy)
                 with affinity(self.sipp_cpus):
@@ -445,9 +583,10 @@ class Bench:
             calls = rate * math.ceil(sampler.cap_s + 5)  # never runs out before the cap
         trace_path = workdir / "uac.messages.log" if trace else None
         before = group_sample(proxy.pgid) if proxy.pgid else None
-        result = run_load(
+        result = run_from_sources(
             proxy.target,
             workdir,
+            proxy.sources,
             name="uac",
             rate=rate,
             calls=calls,
@@ -825,6 +964,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="worker processes of each proxy (Kamailio -n; the SBC's `workers`)",
     )
     p.add_argument(
+        "--uac-sources",
+        type=int,
+        default=None,
+        help="sipp UACs sharing each trial's load, each from its own port (default: 1, or 2 "
+        "per worker with --workers > 1: SO_REUSEPORT gives all of one source to one worker)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="coarser search (20%%), one CPU trial each, SBC-only latency",
@@ -856,6 +1002,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="where trial logs go (default: a temp dir)")
     p.add_argument("--keep-logs", action="store_true", help="keep each trial's logs")
     args = p.parse_args(argv)
+    if args.uac_sources is None:
+        args.uac_sources = 1 if args.workers == 1 else 2 * args.workers
     if args.quick:
         args.precision = max(args.precision, 0.2)
     return args

@@ -14,8 +14,11 @@ import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from teams_sbc.media.rtp import RtpPacket
 from teams_sbc.media.srtp import SdesKey
+from tests.media.peers import dtmf_event
 from tests.media.sipp_bed import (
     FAST_MEDIA,
     PCMU,
@@ -29,7 +32,8 @@ from tests.media.sipp_bed import (
     sdp_of,
     teams_packets,
 )
-from tests.test_proxy_sipp import read_trace
+from tests.media.stun import BINDING_SUCCESS, ice_lite_sdp
+from tests.test_proxy_sipp import Traced, read_trace
 from tests.testbed.process import free_port, wait_until
 from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory
@@ -105,6 +109,132 @@ def test_carrier_call_early_media_and_both_directions(
     bed.sbc.wait_idle()
 
 
+def test_rfc4733_events_pass_through_both_ways(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """DTMF as RFC 4733 telephone-event, passed through: the payload type the carrier offered
+    reaches Teams with its codec; a key press Teams sends (SRTP) reaches the carrier as plain
+    RTP, and the carrier's RTP carrying it back (its echo) reaches Teams decrypting to the same
+    payload type, marker, timestamp and event bytes."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_early_answer.xml"
+    )
+    uac = bed.call("uac_media_call.xml")
+    invite = bed.teams_received("INVITE")
+    offer = audio(sdp_of(invite))
+    assert offer.formats == ("0", "101")  # the carrier's codecs, in its order: no transcoding
+    assert "101 telephone-event/8000" in offer.attribute_values("rtpmap")
+    assert offer.attribute_values("fmtp") == ["101 0-16"]
+    rtpengine_key = crypto(offer, 1)
+    bed.teams_received("ACK")
+    bed.drain()
+    press = dtmf_event(9, ssrc=0xD7F0D7F0, first_seq=6000, timestamp=480000)
+    bed.send(bed.teams_key, press, offer.port)
+    back = bed.receive(rtpengine_key, len(press), want=lambda p: p.payload_type == 101)
+    assert sorted((p.sequence, p.marker, p.timestamp, p.payload) for p in back) == sorted(
+        (p.sequence, p.marker, p.timestamp, p.payload) for p in press
+    )
+
+    bed.signal_carrier(uac, invite)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
+    bed.sbc.wait_idle()
+
+
+def test_media_bypass_teams_client_reaches_rtpengine_by_ice(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """`media.bypass`: the INVITE Teams gets makes rtpengine an ICE-lite peer with one IPv4
+    candidate (Microsoft's media bypass); the Teams client (full ICE, controlling) nominates
+    its path with a check that rtpengine answers under its own password; media both ways."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_bypass.xml",
+        media={"bypass": True},
+    )  # fmt: skip
+    assert bed.sessions() == []
+    uac = bed.call("uac_media_call.xml")
+    invite = bed.teams_received("INVITE")
+    sdp = sdp_of(invite)
+    ufrag, pwd, port = ice_lite_sdp(sdp)
+    rtpengine_key = crypto(audio(sdp), 1)
+    bed.teams_sent(183)
+    response = bed.ice_check(port, ufrag, pwd, client_ufrag="TmsC")
+    assert response.kind == BINDING_SUCCESS
+    assert response.integrity_ok(pwd) and response.fingerprint_ok()
+    assert response.mapped_address() == ("127.0.0.1", bed.teams_socket.getsockname()[1])
+    bed.teams_received("ACK")
+    bed.media_both_ways(rtpengine_key, bed.teams_key, port, b"BYPASS")
+    # The carrier saw none of it: plain RTP/AVP, no ICE, no key.
+    ok = [t for t in MediaBed.uac_messages(uac) if t.status == 200 and t.cseq_method == "INVITE"]
+    to_carrier = audio(sdp_of(ok[0]))
+    assert to_carrier.protocol == "RTP/AVP"
+    assert not [a for a in to_carrier.attributes if a.startswith(("ice-", "candidate", "crypto"))]
+
+    bed.signal_carrier(uac, invite)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
+    bed.sbc.wait_idle()
+
+
+def test_delayed_offer_is_anchored_offer_on_the_200_answer_on_the_ack(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """The carrier's INVITE and re-INVITE carry no SDP: Teams' offer in each 200 reaches the
+    carrier as rtpengine's RTP/AVP, the carrier's answer in each ACK reaches Teams as
+    rtpengine's RTP/SAVP with its key; media flows both ways after each."""
+    bed = make_media_bed(
+        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_delayed.xml",
+        teams_keys=2,
+    )  # fmt: skip
+    assert bed.sessions() == []
+    uac = bed.call("uac_media_delayed.xml")
+    invite = bed.teams_received("INVITE")
+    assert "m=audio" not in invite.text
+    assert ";rtpe=" in (invite.header("Record-Route") or "")  # the instance, picked already
+
+    def carrier_got_200(count: int) -> Traced:
+        return bed.wait_for(
+            lambda: MediaBed.uac_messages(uac), f"the carrier's 200 #{count}",
+            lambda t: t.direction == "received" and t.status == 200 and t.cseq_method == "INVITE",
+            count=count,
+        )  # fmt: skip
+
+    for round_, key, marker in [
+        (1, bed.teams_keys[0], b"DELAYED"),
+        (2, bed.teams_keys[1], b"AGAIN"),
+    ]:
+        offer = audio(sdp_of(carrier_got_200(round_)))
+        assert offer.protocol == "RTP/AVP" and offer.address == "127.0.0.1"
+        assert offer.port != bed.teams_socket.getsockname()[1]  # rtpengine's, not Teams'
+        assert not [a for a in offer.attributes if a.startswith(("crypto", "rtcp-mux"))]
+        answer = audio(sdp_of(bed.teams_received("ACK", count=round_, sdp=True)))
+        assert answer.protocol == "RTP/SAVP"
+        rtpengine_key = crypto(answer, 1)  # rtpengine answers Teams' offer under its tag
+        assert rtpengine_key.suite == "AES_CM_128_HMAC_SHA1_80"
+        bed.media_both_ways(rtpengine_key, key, answer.port, marker)
+        bed.signal_carrier(uac, invite)  # round 1: re-INVITE without SDP; round 2: BYE
+        if round_ == 1:
+            assert "m=audio" not in bed.teams_received("INVITE", count=2).text
+
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
+    scrape = bed.sbc.metrics()
+    assert scrape.value("sbc_media_commands_total", command="pick", result="ok") == 1
+    assert scrape.value("sbc_media_commands_total", command="offer", result="ok") == 2
+    assert scrape.value("sbc_media_commands_total", command="answer", result="ok") == 2
+    assert scrape.value("sbc_media_parked") == 0
+    bed.sbc.wait_idle()
+
+
 def test_call_from_teams_reaches_the_carrier_as_plain_rtp(
     sbc_factory: SbcFactory,
     sipp_factory: SippFactory,
@@ -146,6 +276,100 @@ def test_call_from_teams_reaches_the_carrier_as_plain_rtp(
     assert uac.finish().stats.all_ok
     bed.wait_no_sessions()
     assert [t for t in read_trace(carrier_trace) if t.method == "BYE"]
+    bed.sbc.wait_idle()
+
+
+@pytest.mark.parametrize(
+    ("uac", "teams"),
+    [
+        ("uac_busy.xml", "uas_busy.xml"),  # Teams rejects: 486 relayed
+        ("uac_cancel.xml", "uas_ring_until_cancel.xml"),  # the carrier cancels: 487
+        ("uac_no_answer.xml", None),  # nobody answers: the SBC's timer B, 408
+    ],
+    ids=["rejected", "cancelled", "timed-out"],
+)
+def test_failed_call_leaves_no_session(
+    uac: str,
+    teams: str | None,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """A call whose INVITE went out with rtpengine's offer but never got a 2xx: the offer
+    made a session, the failure deletes it (rtpengine's list is empty again)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the INVITE, never answers
+    silent.bind(("127.0.0.1", 0))
+    callee = (
+        f"127.0.0.1:{silent.getsockname()[1]}"
+        if teams is None
+        else sipp_factory.uas(scenario=SCENARIOS / teams).address
+    )
+    engine = rtpengine_factory()
+    sbc = sbc_factory(
+        listeners=[
+            {"name": "carrier", "transport": "udp", "host": "127.0.0.1"},
+            {"name": "teams", "transport": "udp", "host": "127.0.0.1"},
+        ],
+        routes=[{"name": "to-teams", "from_listeners": ["carrier"],
+                 "next_hop": f"sip:{callee}", "listener": "teams"}],
+        media={"rtpengines": [{"address": engine.ng_address}], "teams_listeners": ["teams"],
+               **FAST_MEDIA},
+    )  # fmt: skip
+    try:
+        assert engine.client().list_calls() == []
+        run = sipp_factory.uac(
+            sbc.address("carrier"), calls=1, scenario=SCENARIOS / uac,
+            extra_args=["-mi", "127.0.0.1"],
+        )  # fmt: skip
+        assert run.stats.all_ok, run.error_path.read_text() if run.error_path.exists() else run
+        wait_until(lambda: engine.client().list_calls() == [], 5, "rtpengine to hold no session")
+        scrape = sbc.metrics()
+        assert scrape.value("sbc_media_commands_total", command="offer", result="ok") == 1
+        assert scrape.value("sbc_media_commands_total", command="delete", result="ok") == 1
+        assert scrape.value("sbc_media_parked") == 0
+        # A 486 or 487 leaves the INVITE client in Completed for timer D (32 s over UDP).
+        sbc.wait_idle(allow_invite_clients=0 if teams is None else 1)
+    finally:
+        silent.close()
+
+
+def test_call_from_teams_offering_the_32_bit_tag_first_is_answered_in_kind(
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> None:
+    """Microsoft's example offer: AES_CM_128_HMAC_SHA1_32 first, _80 second. rtpengine takes
+    the first (an answerer picks one of the offered keys, RFC 4568 7.1.2): its answer carries a
+    _32 key under Teams' tag 0, and media flows both ways under the 32-bit tags."""
+    first = SdesKey.generate("AES_CM_128_HMAC_SHA1_32", tag=0)
+    teams_32 = SdesKey(0, first.suite, first.key_salt, lifetime="2^31")
+    teams_80 = SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1)
+    bed, _carrier, carrier_trace = make_calls_from_teams_bed(
+        sbc_factory, sipp_factory, rtpengine_factory, teams_32
+    )
+    assert bed.sessions() == []
+    inline = [base64.b64encode(k.key_salt).decode().rstrip("=") for k in (teams_32, teams_80)]
+    uac = bed.sipp.start_uac(
+        bed.sbc.address("teams"),
+        scenario=SCENARIOS / "uac_teams_call_sdes.xml",
+        extra_args=["-key", "teams_port", str(bed.teams_socket.getsockname()[1]),
+                    "-key", "teams_key", inline[0], "-key", "teams_key2", inline[1]],
+    )  # fmt: skip
+    assert uac.message_path is not None
+    bed.teams_trace = uac.message_path
+    answer = audio(sdp_of(bed.teams_got(200)))
+    assert answer.protocol == "RTP/SAVP" and answer.rtcp_mux
+    (line,) = answer.attribute_values("crypto")
+    assert line.split()[:2] == ["0", "AES_CM_128_HMAC_SHA1_32"]
+    rtpengine_key = crypto(answer, 0)
+    invite = next(t for t in read_trace(carrier_trace) if t.method == "INVITE")
+    assert "crypto" not in invite.text and "RTP/AVP" in invite.text
+    bed.teams_sent_request("ACK")
+    bed.media_both_ways(rtpengine_key, teams_32, answer.port, b"SHA1-32")
+
+    bed.signal(uac.port, invite, bed.teams_messages)
+    assert uac.finish().stats.all_ok
+    bed.wait_no_sessions()
     bed.sbc.wait_idle()
 
 

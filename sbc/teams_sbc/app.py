@@ -3,6 +3,10 @@
 The core never sees a socket or a clock. This module feeds it each message with ``loop.time()``,
 sends what it queued, and keeps one loop timer armed at the core's next deadline (the aioquic
 pattern). SIGTERM drains: no new calls, open transactions finish, then the process exits.
+
+With ``workers`` > 1 this runs in each worker process, given its :class:`Seat` by the
+supervisor (``teams_sbc.workers``): listeners shared with SO_REUSEPORT, a UDP port of its own
+for its Via, the HTTP endpoints on a unix socket for the supervisor.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import gc
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -26,12 +31,16 @@ from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import Proxy
 from teams_sbc.transport import TransportLayer
 
+if TYPE_CHECKING:
+    from teams_sbc.workers.seat import Seat
+
 log = logging.getLogger("teams_sbc")
 
 
 class Sbc:
-    def __init__(self, config: SbcConfig) -> None:
+    def __init__(self, config: SbcConfig, seat: Seat | None = None) -> None:
         self.config = config
+        self.seat = seat
         self.metrics = Metrics()
         # Media (docs/media.md): the core parks messages on rtpengine; the driver runs the
         # commands and feeds the results back (_media_done).
@@ -48,6 +57,8 @@ class Sbc:
             self._on_send_failed,
             self.metrics,
             config.max_message_size,
+            reuse_port=seat is not None,
+            private_udp=seat.private_sockets() if seat is not None else None,
         )
         self.health = HealthServer(
             config.http.host,
@@ -55,6 +66,7 @@ class Sbc:
             self.metrics,
             self.readiness,
             routes=self.media.routes() if self.media is not None else (),
+            unix_path=seat.health_path if seat is not None else None,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -69,7 +81,11 @@ class Sbc:
         if self.media is not None:
             await self.media.start()
         await self.transports.start()
-        self.core.set_bound_addresses(self.transports.bound)
+        self.core.set_bound_addresses(
+            self.transports.bound,
+            self.transports.via_ports,
+            self.seat.sibling_ports if self.seat is not None else None,
+        )
         await self.health.start()
         if self.transports.tls:
             self._reloader = asyncio.get_running_loop().create_task(self._reload_tls())
@@ -79,7 +95,11 @@ class Sbc:
             "sbc started",
             extra={
                 "listeners": {n: f"{h}:{p}" for n, (h, p) in self.transports.bound.items()},
-                "http_port": self.health.bound_port,
+                **(
+                    {"http_port": self.health.bound_port}
+                    if self.seat is None
+                    else {"via_ports": self.transports.via_ports}
+                ),
             },
         )
 
@@ -190,15 +210,24 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-async def serve(config: SbcConfig) -> int:
-    sbc = Sbc(config)
+async def serve(config: SbcConfig, seat: Seat | None = None) -> int:
+    sbc = Sbc(config, seat)
     await sbc.start()
     tune_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if seat is not None:
+        from teams_sbc.workers.seat import on_supervisor_gone
+
+        on_supervisor_gone(loop, stop.set)
     await stop.wait()
+    if seat is not None:
+        # A worker may hear SIGTERM twice (from a sender that signals it directly, and forwarded
+        # by the supervisor): the second must not kill it once its loop has closed and the
+        # default action is back. It is draining already.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     await sbc.drain(config.drain_seconds)
     await sbc.stop()
     return 0

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             print(config.model_dump_json(indent=2))
             return 0
+        if config.workers > 1:
+            from teams_sbc.workers.supervisor import run_supervisor
+
+            return run_supervisor(config)
         from teams_sbc.app import run_forever
 
         return run_forever(config)

@@ -182,6 +182,17 @@ class SbcConfig(_Model):
     drain_seconds: float = Field(
         default=32.0, ge=0, description="On SIGTERM, how long open transactions may take to finish."
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="SIP worker processes (Linux). 1: one process does everything. More: a "
+        "supervisor starts this many, each bound to every listener with SO_REUSEPORT so the "
+        "kernel spreads flows among them, restarts any that dies, and serves the HTTP endpoints "
+        "for all. Each worker also sends its UDP requests from a port of its own, named in its "
+        "Via, so their responses come back to it. All traffic from one source address and port "
+        "reaches one worker (docs/architecture.md, 'Worker processes').",
+    )
     teams: TeamsConfig | None = Field(
         default=None,
         description="The Teams Direct Routing edge (docs/policies.md); without it the SBC is a "

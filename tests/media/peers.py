@@ -152,6 +152,26 @@ def pcmu_packets(count: int, ssrc: int, first_seq: int = 1000, marker: int = 0) 
     ]
 
 
+def dtmf_event(
+    digit: int, ssrc: int, first_seq: int, timestamp: int, payload_type: int = TELEPHONE_EVENT
+) -> list[RtpPacket]:
+    """One key press as RFC 4733 sends it: the first packet marked (2.5.1.3), updates with a
+    growing duration, all with the event's start timestamp, then the end bit three times
+    (2.5.1.4). Payload: event, E|R|volume (10 dBm0 below), duration in timestamp units."""
+    durations = [160, 320, 480, 640, 800, 800, 800]
+    return [
+        RtpPacket(
+            payload_type=payload_type,
+            sequence=first_seq + i,
+            timestamp=timestamp,
+            ssrc=ssrc,
+            payload=bytes([digit, (0x80 if i >= 4 else 0) | 10]) + duration.to_bytes(2, "big"),
+            marker=i == 0,
+        )
+        for i, duration in enumerate(durations)
+    ]
+
+
 def pool_for(*engines: Rtpengine, **kwargs: Any) -> RelayPool:
     return RelayPool([RtpengineInstance(address=e.ng_address) for e in engines], **kwargs)
 

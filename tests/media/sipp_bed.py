@@ -34,6 +34,7 @@ from typing import Any
 from teams_sbc.media.rtp import RtpPacket, is_rtcp
 from teams_sbc.media.sdp import MediaDescription, media_descriptions
 from teams_sbc.media.srtp import SdesKey, SrtpSession
+from tests.media.stun import StunMessage, binding_request, is_stun
 from tests.test_proxy_sipp import Traced, read_trace
 from tests.testbed.process import PartFailed, free_port_range, wait_until
 from tests.testbed.rtpengine import Rtpengine
@@ -269,6 +270,24 @@ class MediaBed:
         carried = self.receive(rtpengine_key, 10, want=lambda p: p.payload[:8] == b"CARRIER-")
         assert all(p.payload in frames and p.payload_type == PCMU for p in carried)
 
+    def ice_check(self, port: int, ufrag: str, pwd: str, client_ufrag: str) -> StunMessage:
+        """A Teams client's nominating connectivity check from the test's socket to rtpengine's
+        ``port``; rtpengine's answer (RTP arriving meanwhile, early media, is skipped)."""
+        request, transaction = binding_request(f"{ufrag}:{client_ufrag}", pwd, nominate=True)
+        self.teams_socket.sendto(request, (HOST, port))
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            self.teams_socket.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                data = self.teams_socket.recv(65535)
+            except TimeoutError:
+                break
+            if is_stun(data):
+                response = StunMessage.parse(data)
+                assert response.transaction == transaction, "a STUN request from rtpengine"
+                return response
+        raise AssertionError(f"no answer to a connectivity check on port {port}")
+
     def send(self, key: SdesKey, packets: Sequence[RtpPacket], port: int) -> None:
         """SRTP to rtpengine's Teams-side port, encrypted with Teams' ``key``."""
         session = SrtpSession(key, outbound=True)
@@ -305,9 +324,11 @@ def make_media_bed(
     rtpengine_args: Sequence[str] = (),
     media: dict[str, Any] | None = None,
     teams_keys: int = 1,
+    sbc_config: dict[str, Any] | None = None,
 ) -> MediaBed:
     """rtpengine, the SBC (a "carrier" and a "teams" UDP listener; calls from the carrier go
-    to Teams) and Teams' sipp, all started; the carrier's calls come with :meth:`call`."""
+    to Teams) and Teams' sipp, all started; the carrier's calls come with :meth:`call`.
+    ``sbc_config``: more top-level SBC config keys (``workers``...)."""
     teams_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     teams_socket.bind((HOST, 0))
     keys = [SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1) for _ in range(teams_keys)]
@@ -338,6 +359,7 @@ def make_media_bed(
                 "listener": "teams",
             }
         ],
+        **(sbc_config or {}),
     )
     engine = rtpengine_factory(
         extra_args=[

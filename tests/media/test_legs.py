@@ -60,6 +60,8 @@ def test_media_bypass_makes_rtpengine_ice_lite_towards_teams() -> None:
 
     assert leg_flags(Leg.TEAMS, policy, offer=True)["ICE"] == "force"
     assert leg_flags(Leg.TEAMS, policy, offer=True)["ICE-lite"] == "forward"
+    # One candidate (Microsoft): RTCP muxed on the RTP port, no component 2.
+    assert leg_flags(Leg.TEAMS, policy, offer=True)["rtcp-mux"] == ["require"]
     assert leg_flags(Leg.TEAMS, policy, offer=False)["ICE"] == "force"
     assert leg_flags(Leg.CARRIER, policy, offer=True)["ICE-lite"] == "backward"
     assert leg_flags(Leg.CARRIER, policy, offer=True)["ICE"] == "remove"
@@ -76,6 +78,14 @@ def test_policy_from_config_narrows_the_suites() -> None:
 
     assert "no-AES_CM_128_HMAC_SHA1_32" in leg_flags(Leg.TEAMS, policy, offer=True)["SDES"]
     assert "no-AES_CM_128_HMAC_SHA1_80" not in leg_flags(Leg.TEAMS, policy, offer=True)["SDES"]
+
+
+def test_bypass_is_the_media_sections_option() -> None:
+    instances = [RtpengineInstance(address="127.0.0.1:2223")]
+    assert not MediaPolicy.from_config(MediaConfig(rtpengines=instances)).bypass
+    config = MediaConfig(rtpengines=instances, bypass=True)
+    assert MediaPolicy.from_config(config).bypass
+    assert not MediaPolicy.from_config(config, bypass=False).bypass  # a caller may override
 
 
 def test_command_params_carry_the_dialog_identifiers() -> None:

@@ -15,16 +15,26 @@ from teams_sbc.media.relays import MediaRelay, RelayPool
 from teams_sbc.media.rtp import RtpPacket, is_rtcp
 from teams_sbc.media.srtp import SdesKey, SrtpSession
 from tests.media.peers import (
+    HOST,
     TELEPHONE_EVENT,
     UdpPeer,
     audio,
     carrier_sdp,
     crypto_keys,
+    dtmf_event,
     pcmu_packets,
     pool_for,
     run,
     started,
     teams_sdp,
+)
+from tests.media.stun import (
+    BINDING_ERROR,
+    BINDING_SUCCESS,
+    StunMessage,
+    binding_request,
+    ice_lite_sdp,
+    is_stun,
 )
 from tests.testbed.rtpengine import Rtpengine
 
@@ -117,6 +127,12 @@ def payloads(packets: list[RtpPacket]) -> list[tuple[int, int, bytes]]:
     return sorted((p.payload_type, p.sequence, p.payload) for p in packets)
 
 
+def events(packets: list[RtpPacket]) -> list[tuple[int, int, bool, int, bytes]]:
+    """What an RFC 4733 receiver reads: per packet in sequence order, its payload type,
+    marker, timestamp and event payload."""
+    return sorted((p.sequence, p.payload_type, p.marker, p.timestamp, p.payload) for p in packets)
+
+
 def test_carrier_rtp_becomes_teams_srtp_and_back(rtpengine: Rtpengine) -> None:
     async def scenario() -> None:
         async with started(pool_for(rtpengine)) as pool, anchored(pool, "pkt-1") as call:
@@ -137,10 +153,14 @@ def test_carrier_rtp_becomes_teams_srtp_and_back(rtpengine: Rtpengine) -> None:
             back = pcmu_packets(5, ssrc=0x22222222, first_seq=7000, marker=100)
             assert payloads(await call.teams_to_carrier(back)) == payloads(back)
 
-            # RFC 4733 events pass through untouched (payload type 101, 4-byte event).
-            event = RtpPacket(TELEPHONE_EVENT, 1005, 160 * 1005, 0x11111111, b"\x05\x8a\x03\x20")
-            (got,) = await call.carrier_to_teams([event])
-            assert (got.payload_type, got.payload) == (TELEPHONE_EVENT, event.payload)
+            # RFC 4733 events pass through untouched both ways: payload type 101, marker on
+            # the first packet, the end bit on the last three, the same 4-byte payloads.
+            press = dtmf_event(5, ssrc=0x11111111, first_seq=1005, timestamp=160 * 1005)
+            got = await call.carrier_to_teams(press)
+            assert events(got) == events(press)
+            assert all(p.payload_type == TELEPHONE_EVENT for p in got)
+            press = dtmf_event(11, ssrc=0x22222222, first_seq=7005, timestamp=160 * 7005)
+            assert events(await call.teams_to_carrier(press)) == events(press)
 
     run(scenario())
 
@@ -326,26 +346,161 @@ def test_teams_offering_only_the_32_bit_tag_is_accepted(rtpengine: Rtpengine) ->
     run(scenario())
 
 
-def test_media_bypass_offers_teams_one_ice_lite_candidate(rtpengine: Rtpengine) -> None:
+BYPASS = MediaPolicy(bypass=True)
+TEAMS_UFRAG, TEAMS_PWD = "TmsC", "teams-client-ice-password"
+
+
+def bypass_answer(default: UdpPeer, reflexive: UdpPeer, key: SdesKey) -> str:
+    """A Teams client's answer in media bypass: full ICE, a host candidate (also its c= address)
+    and a server-reflexive one (its NAT's address: here another socket), rtcp-mux, SDES."""
+    return (
+        f"v=0\r\no=- 3000 1 IN IP4 {HOST}\r\ns=session\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
+        f"m=audio {default.port} RTP/SAVP 0 101\r\n"
+        f"a=ice-ufrag:{TEAMS_UFRAG}\r\na=ice-pwd:{TEAMS_PWD}\r\n"
+        f"a=candidate:1 1 UDP 2130706431 {HOST} {default.port} typ host\r\n"
+        f"a=candidate:2 1 UDP 1694498815 {HOST} {reflexive.port} typ srflx "
+        f"raddr {HOST} rport {default.port}\r\n"
+        f"a={key.attribute()}\r\na=rtcp-mux\r\n"
+        "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
+        "a=sendrecv\r\n"
+    )
+
+
+async def check(peer: UdpPeer, port: int, ufrag: str, pwd: str, *, nominate: bool) -> StunMessage:
+    """Teams' connectivity check from ``peer`` to rtpengine: its answer, proven rtpengine's."""
+    request, transaction = binding_request(f"{ufrag}:{TEAMS_UFRAG}", pwd, nominate=nominate)
+    peer.send(request, port)
+    response = StunMessage.parse(await peer.receive())
+    assert response.transaction == transaction
+    assert response.kind == BINDING_SUCCESS
+    assert response.integrity_ok(pwd) and response.fingerprint_ok()
+    assert response.mapped_address() == (HOST, peer.port)  # where the check came from
+    return response
+
+
+async def srtp_at(peer: UdpPeer, key: SdesKey, count: int) -> list[RtpPacket]:
+    """``count`` SRTP packets at ``peer``, decrypted; any STUN request there is a failure: an
+    ICE-lite agent never sends checks (Microsoft: "must not send any connectivity check")."""
+    receiver = SrtpSession(key, outbound=False)
+    out: list[RtpPacket] = []
+    while len(out) < count:
+        data = await peer.receive()
+        assert not is_stun(data), f"rtpengine sent STUN: {StunMessage.parse(data).kind:#06x}"
+        out.append(RtpPacket.decode(receiver.unprotect(data)))
+    return out
+
+
+def test_media_bypass_rtpengine_is_ice_lite_towards_teams(rtpengine: Rtpengine) -> None:
+    """A carrier call to a Teams client in media bypass: the offer has one ICE-lite candidate;
+    the client's early media goes to its c= address until its checks nominate another path
+    (its NAT's), then the carrier's audio follows there; rtpengine answers each check signed
+    with its own password, refuses a check with another password, and sends none itself."""
+
     async def scenario() -> None:
         async with started(pool_for(rtpengine)) as pool:
             relay = pool.pick()
+            carrier, default, reflexive = [await UdpPeer.open() for _ in range(3)]
+            teams_key = SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1)
             try:
                 to_teams = await relay.offer(
-                    call_id="bypass-1",
-                    from_tag=CARRIER_TAG,
-                    sdp=carrier_sdp(40000),
-                    towards=Leg.TEAMS,
-                    policy=MediaPolicy(bypass=True),
-                )
+                    call_id="bypass-1", from_tag=CARRIER_TAG, sdp=carrier_sdp(carrier.port),
+                    towards=Leg.TEAMS, policy=BYPASS,
+                )  # fmt: skip
+                ufrag, pwd, port = ice_lite_sdp(to_teams)
+                (rtpengine_key,) = [k for k in crypto_keys(to_teams) if k.tag == 1]
+                to_carrier = await relay.answer(
+                    call_id="bypass-1", from_tag=CARRIER_TAG, to_tag=TEAMS_TAG,
+                    sdp=bypass_answer(default, reflexive, teams_key), towards=Leg.CARRIER,
+                    policy=BYPASS,
+                )  # fmt: skip
+                answer = audio(to_carrier)
+                assert answer.protocol == "RTP/AVP"
+                for gone in ("ice-", "candidate", "crypto", "rtcp-mux"):
+                    assert gone not in to_carrier, gone
+                # Before any check: media goes to the client's c= address (early media).
+                early = pcmu_packets(3, ssrc=0x12121212)
+                for packet in early:
+                    carrier.send(packet.encode(), answer.port)
+                assert payloads(await srtp_at(default, rtpengine_key, 3)) == payloads(early)
+                # A check signed with another password is refused (RFC 8445 7.3: 401).
+                forged, _ = binding_request(f"{ufrag}:{TEAMS_UFRAG}", "not-the-password")
+                reflexive.send(forged, port)
+                refused = StunMessage.parse(await reflexive.receive())
+                assert refused.kind == BINDING_ERROR
+                await check(reflexive, port, ufrag, pwd, nominate=False)
+                await check(reflexive, port, ufrag, pwd, nominate=True)
+                # Nominated: the carrier's audio follows the client to its reflexive address.
+                later = pcmu_packets(3, ssrc=0x12121212, first_seq=2000, marker=40)
+                for packet in later:
+                    carrier.send(packet.encode(), answer.port)
+                assert payloads(await srtp_at(reflexive, rtpengine_key, 3)) == payloads(later)
+                assert default.received.empty()
+                # And the client's SRTP from there reaches the carrier as plain RTP.
+                sender = SrtpSession(teams_key, outbound=True)
+                back = pcmu_packets(3, ssrc=0x34343434, first_seq=500, marker=90)
+                for packet in back:
+                    reflexive.send(sender.protect(packet.encode()), port)
+                got = [RtpPacket.decode(await carrier.receive()) for _ in back]
+                assert payloads(got) == payloads(back)
             finally:
                 await relay.delete(call_id="bypass-1", from_tag=CARRIER_TAG)
-            assert "a=ice-lite" in to_teams
-            media = audio(to_teams)
-            candidates = media.attribute_values("candidate")
-            assert len({c.split()[0] for c in candidates}) == 1  # one foundation: one address
-            assert all(f" {media.port} " in c or f" {media.port + 1} " in c for c in candidates)
-            assert media.protocol == "RTP/SAVP" and crypto_keys(to_teams)
+                for peer in (carrier, default, reflexive):
+                    peer.close()
+            assert await relay.client.list_calls() == []
+
+    run(scenario())
+
+
+def test_media_bypass_call_from_teams_keeps_ice_credentials_from_183_to_200(
+    rtpengine: Rtpengine,
+) -> None:
+    """A Teams client calls in media bypass: the carrier gets no ICE; the answer to Teams is
+    ICE-lite with one candidate, and the 200's repeats the 183's ufrag, password and candidate
+    (Microsoft: "must not change ICE candidates, password, and ufrag between 183 and 200");
+    the client's checks are answered and media flows both ways on the nominated path."""
+
+    async def scenario() -> None:
+        async with started(pool_for(rtpengine)) as pool:
+            relay = pool.pick()
+            carrier, default, reflexive = [await UdpPeer.open() for _ in range(3)]
+            teams_key = SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1)
+            try:
+                to_carrier = await relay.offer(
+                    call_id="bypass-2", from_tag=TEAMS_TAG,
+                    sdp=bypass_answer(default, reflexive, teams_key), towards=Leg.CARRIER,
+                    policy=BYPASS,
+                )  # fmt: skip
+                for gone in ("ice-", "candidate", "crypto", "rtcp-mux"):
+                    assert gone not in to_carrier, gone
+                answers = []
+                for _response in ("183", "200"):  # the carrier's SDP on each: two answers
+                    answer = await relay.answer(
+                        call_id="bypass-2", from_tag=TEAMS_TAG, to_tag=CARRIER_TAG,
+                        sdp=carrier_sdp(carrier.port), towards=Leg.TEAMS, policy=BYPASS,
+                    )  # fmt: skip
+                    answers.append(answer)
+                ice = [
+                    [a for a in audio(sdp).attributes if a.startswith(("ice-", "candidate"))]
+                    for sdp in answers
+                ]
+                assert ice[0] == ice[1]
+                ufrag, pwd, port = ice_lite_sdp(answers[1])
+                (rtpengine_key,) = crypto_keys(answers[1])
+                await check(reflexive, port, ufrag, pwd, nominate=True)
+                sender = SrtpSession(teams_key, outbound=True)
+                sent = pcmu_packets(3, ssrc=0x56565656)
+                for packet in sent:
+                    reflexive.send(sender.protect(packet.encode()), port)
+                got = [RtpPacket.decode(await carrier.receive()) for _ in sent]
+                assert payloads(got) == payloads(sent)
+                back = pcmu_packets(3, ssrc=0x78787878, first_seq=800)
+                for packet in back:
+                    carrier.send(packet.encode(), audio(to_carrier).port)
+                assert payloads(await srtp_at(reflexive, rtpengine_key, 3)) == payloads(back)
+            finally:
+                await relay.delete(call_id="bypass-2", from_tag=TEAMS_TAG)
+                for peer in (carrier, default, reflexive):
+                    peer.close()
             assert await relay.client.list_calls() == []
 
     run(scenario())

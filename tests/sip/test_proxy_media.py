@@ -188,13 +188,6 @@ def test_retransmitted_invite_while_parked_gets_trying_again_and_no_second_offer
     assert only(bench.done(offer, sdp=TO_TEAMS, relay=TOKEN)).peer == UAS
 
 
-def test_invite_without_sdp_is_forwarded_at_once(bench: MediaBench) -> None:
-    outs = bench.feed(sdp_invite(sdp=None))
-    assert statuses([o for o in outs if o.is_response]) == [100]
-    assert only([o for o in outs if not o.is_response]).peer == UAS
-    assert bench.commands() == []
-
-
 def test_no_media_section_no_commands() -> None:
     plain = Bench(
         parse_config(
@@ -582,3 +575,165 @@ def test_teams_section_names_the_teams_leg_when_media_does_not() -> None:
     }  # fmt: skip
     proxy = MediaBench(parse_config(raw)).proxy
     assert proxy._roles == {"teams": Leg.TEAMS, "carrier": Leg.CARRIER}
+
+
+# -- delayed offer: SDP in the 2xx (the offer) and in the ACK (the answer) ----------------------
+
+
+def ack(*, sdp: str | None = None, routes: list[str] | None = None) -> bytes:
+    """The caller's ACK for the 2xx (its own transaction), along the route set."""
+    routes = our_routes() if routes is None else routes
+    route_lines = "".join(f"Route: {r}\n" for r in routes)
+    body = sdp or ""
+    ctype = "Content-Type: application/sdp\n" if sdp else ""
+    return sip(
+        f"ACK sip:bob@192.0.2.20:5080 SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{secrets.token_hex(5)}\n"
+        f"{route_lines}Max-Forwards: 70\nFrom: <sip:alice@192.0.2.10>;tag=caller1\n"
+        f"To: <sip:+15550100@{SBC_A}>;tag=callee1\nCall-ID: call-1\nCSeq: 1 ACK\n"
+        f"{ctype}Content-Length: {len(body)}\n\n"
+    ) + body.encode()
+
+
+def delayed_through(bench: MediaBench) -> Out:
+    """A new call without SDP: its instance picked, the INVITE as forwarded."""
+    outs = bench.feed(sdp_invite(sdp=None))
+    assert statuses(outs) == [100]  # nothing forwarded before the instance is known
+    pick = bench.command(Op.PICK)
+    assert (pick.call_id, pick.from_tag, pick.relay, pick.sdp) == ("call-1", "caller1", None, None)
+    fwd = only(bench.done(pick, relay=TOKEN), peer=UAS, listener="b")
+    assert fwd.req.body == b""
+    # The token rides in our Record-Route as for any call, though rtpengine has no session yet.
+    assert fwd.req.headers.values("record-route") == list(reversed(our_routes()))
+    return fwd
+
+
+def test_delayed_offer_offers_on_the_2xx_and_answers_on_the_ack(bench: MediaBench) -> None:
+    fwd = delayed_through(bench)
+    # Teams' 200 carries the offer: rtpengine's `offer` from Teams' tag, towards the carrier.
+    assert bench.feed(reply(fwd.req, 200, TEAMS_SDP), UAS, "b") == []
+    offer = bench.command(Op.OFFER)
+    assert (offer.from_tag, offer.to_tag, offer.relay) == ("callee1", "caller1", TOKEN)
+    assert offer.towards is Leg.CARRIER and offer.sdp == TEAMS_SDP
+    ok = only(bench.done(offer, sdp=TO_CARRIER, relay=TOKEN), peer=UAC)
+    assert ok.resp.status == 200 and ok.resp.body == TO_CARRIER.encode()
+    # A retransmitted 200 carries the same offer, without a second command.
+    again = only(bench.feed(reply(fwd.req, 200, TEAMS_SDP), UAS, "b"), peer=UAC)
+    assert again.resp.body == TO_CARRIER.encode()
+    assert bench.commands() == []
+    # The carrier's ACK carries its answer: `answer` to Teams' offer, then the ACK goes on.
+    assert bench.feed(ack(sdp=CARRIER_SDP)) == []
+    answer = bench.command(Op.ANSWER)
+    assert (answer.from_tag, answer.to_tag, answer.relay) == ("callee1", "caller1", TOKEN)
+    assert answer.towards is Leg.TEAMS and answer.sdp == CARRIER_SDP
+    sent = only(bench.done(answer, sdp=TO_TEAMS, relay=TOKEN), peer=UAS, listener="b")
+    assert sent.req.method == "ACK" and sent.req.body == TO_TEAMS.encode()
+    assert sent.req.content_length == len(TO_TEAMS)
+    assert "route" not in sent.req.headers
+    assert bench.sample("sbc_media_parked") == 0
+
+
+def test_ack_without_sdp_goes_on_at_once(bench: MediaBench) -> None:
+    assert only(bench.feed(ack())).req.method == "ACK"
+    assert bench.commands() == []
+
+
+def test_ack_answer_failure_still_forwards_the_ack(bench: MediaBench) -> None:
+    """The 2xx's offer cannot be taken back: the ACK goes on, with the caller's own SDP."""
+    bench.feed(ack(sdp=CARRIER_SDP))
+    answer = bench.command(Op.ANSWER)
+    sent = only(bench.done(answer, failure=Failure.UNAVAILABLE, reason="no answer"), peer=UAS)
+    assert sent.req.body == CARRIER_SDP.encode()
+    assert bench.sample("sbc_media_answers_unanchored_total") == 1
+
+
+def test_ack_answer_is_not_lost_when_the_driver_never_answers(bench: MediaBench) -> None:
+    bench.feed(ack(sdp=CARRIER_SDP))
+    bench.command(Op.ANSWER)
+    assert bench.advance(DEADLINE - 0.01) == []
+    assert only(bench.advance(0.02), peer=UAS).req.method == "ACK"
+
+
+def test_delayed_offer_without_rtpengine_gets_503(bench: MediaBench) -> None:
+    bench.feed(sdp_invite(sdp=None))
+    pick = bench.command(Op.PICK)
+    rejected = only(bench.done(pick, failure=Failure.UNAVAILABLE, reason="no rtpengine up"))
+    assert rejected.resp.status == 503 and rejected.resp.headers.get("retry-after") == "10"
+    assert bench.commands() == []
+
+
+def test_delayed_offer_rejected_before_any_sdp_deletes_nothing(bench: MediaBench) -> None:
+    fwd = delayed_through(bench)
+    outs = bench.feed(reply(fwd.req, 486), UAS, "b")
+    assert 486 in statuses([o for o in outs if o.is_response])
+    assert bench.commands() == []  # rtpengine never heard of the call
+
+
+def test_delayed_offer_rejected_after_early_media_deletes_its_session(bench: MediaBench) -> None:
+    fwd = delayed_through(bench)
+    bench.feed(reply(fwd.req, 183, TEAMS_SDP), UAS, "b")
+    offer = bench.command(Op.OFFER)  # the 183's SDP is Teams' offer too
+    assert statuses(bench.done(offer, sdp=TO_CARRIER, relay=TOKEN)) == [183]
+    bench.feed(reply(fwd.req, 486), UAS, "b")
+    delete = bench.command(Op.DELETE)
+    assert (delete.call_id, delete.relay) == ("call-1", TOKEN)
+
+
+def test_reinvite_without_sdp_goes_on_at_once_and_its_2xx_is_the_offer(
+    bench: MediaBench,
+) -> None:
+    outs = bench.feed(
+        sdp_invite(sdp=None, to_tag="callee1", routes=our_routes(), ruri="sip:bob@192.0.2.20:5080")
+    )
+    fwd = only([o for o in outs if not o.is_response], peer=UAS)
+    assert bench.commands() == []  # the dialog's Route names the instance: nothing to ask
+    bench.feed(reply(fwd.req, 200, TEAMS_SDP), UAS, "b")
+    offer = bench.command(Op.OFFER)
+    assert (offer.from_tag, offer.to_tag, offer.relay) == ("callee1", "caller1", TOKEN)
+    assert offer.towards is Leg.CARRIER
+    assert only(bench.done(offer, sdp=TO_CARRIER, relay=TOKEN)).resp.body == TO_CARRIER.encode()
+
+
+# -- UPDATE (RFC 3311): an offer in the request, the answer in its 2xx ------------------------
+
+
+def update(*, sdp: str | None) -> bytes:
+    body = sdp or ""
+    ctype = "Content-Type: application/sdp\n" if sdp else ""
+    route_lines = "".join(f"Route: {r}\n" for r in our_routes())
+    return sip(
+        "UPDATE sip:bob@192.0.2.20:5080 SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{secrets.token_hex(5)}\n"
+        f"{route_lines}Max-Forwards: 70\nFrom: <sip:alice@192.0.2.10>;tag=caller1\n"
+        f"To: <sip:+15550100@{SBC_A}>;tag=callee1\nCall-ID: call-1\nCSeq: 3 UPDATE\n"
+        f"Contact: <sip:alice@192.0.2.10:5060>\n{ctype}Content-Length: {len(body)}\n\n"
+    ) + body.encode()
+
+
+def test_update_with_sdp_is_anchored_as_a_reinvite_is(bench: MediaBench) -> None:
+    assert bench.feed(update(sdp=CARRIER_SDP)) == []  # no 100 Trying for a non-INVITE
+    offer = bench.command(Op.OFFER)
+    assert (offer.from_tag, offer.to_tag, offer.relay) == ("caller1", "callee1", TOKEN)
+    assert offer.towards is Leg.TEAMS
+    fwd = only(bench.done(offer, sdp=TO_TEAMS, relay=TOKEN), peer=UAS)
+    assert fwd.req.method == "UPDATE" and fwd.req.body == TO_TEAMS.encode()
+    bench.feed(reply(fwd.req, 200, TEAMS_SDP), UAS, "b")
+    answer = bench.command(Op.ANSWER)
+    assert (answer.from_tag, answer.to_tag, answer.towards) == ("caller1", "callee1", Leg.CARRIER)
+    ok = only(bench.done(answer, sdp=TO_CARRIER, relay=TOKEN), peer=UAC)
+    assert ok.resp.status == 200 and ok.resp.body == TO_CARRIER.encode()
+
+
+def test_update_without_sdp_passes_at_once(bench: MediaBench) -> None:
+    """A session refresh (RFC 4028) carries no SDP: nothing for rtpengine."""
+    assert only(bench.feed(update(sdp=None))).req.method == "UPDATE"
+    assert bench.commands() == []
+
+
+def test_failed_update_offer_keeps_the_session(bench: MediaBench) -> None:
+    bench.feed(update(sdp=CARRIER_SDP))
+    offer = bench.command(Op.OFFER)
+    outs = bench.done(offer, failure=Failure.UNAVAILABLE, reason="no answer", relay=TOKEN)
+    rejected = only(outs, peer=UAC).resp
+    assert rejected.status == 500 and rejected.headers.get("retry-after") == "10"
+    assert bench.commands() == []

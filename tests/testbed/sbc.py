@@ -5,11 +5,17 @@ ports for its listeners and its HTTP endpoints, and is ready when ``GET /readyz`
 Tests reach it as any user would: SIP on the listeners' ports, HTTP on ``/healthz``,
 ``/readyz`` and ``/metrics`` (parsed by :meth:`SbcProcess.metrics`), its JSON log lines
 (:meth:`SbcProcess.log_records`) and its exit code after SIGTERM.
+
+With ``workers: N`` in its config it is a supervisor and N worker processes, each worker in a
+session of its own: :meth:`SbcProcess.worker_pids` reads which process holds each worker seat
+from the supervisor's log, and :meth:`SbcProcess.signal_main` signals the ``teams-sbc run``
+process alone (as Kubernetes does: only the container's main process gets SIGTERM).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -193,6 +199,20 @@ class SbcProcess:
                 f"{self.name} did not exit within {timeout:.0f}s of SIGTERM\n"
                 + self.proc.log_tail()
             ) from None
+
+    def signal_main(self, sig: int) -> None:
+        """``sig`` to the ``teams-sbc run`` process only, not to what it started."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def worker_pids(self) -> dict[int, int]:
+        """With ``workers`` > 1: each worker seat's current process, as the supervisor logged
+        it (``worker started``, ``worker``, ``pid``); a restarted seat shows its new process."""
+        pids: dict[int, int] = {}
+        for record in self.log_records():
+            if record.get("msg") == "worker started" and record.get("role") == "supervisor":
+                pids[int(record["worker"])] = int(record["pid"])
+        return pids
 
     def stop(self) -> int | None:
         """SIGTERM (a drain of at most ``drain_seconds``), SIGKILL if it takes longer."""

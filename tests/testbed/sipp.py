@@ -26,10 +26,13 @@ from tests.testbed.process import (
     wait_until,
 )
 
-#: sipp transport modes we support: one UDP socket, one TCP connection.
-Transport = Literal["u1", "t1"]
+#: sipp transport modes we support: one UDP socket, one TCP connection; or (a UAC) one UDP
+#: socket or TCP connection per call, so each call comes from a source port of its own.
+Transport = Literal["u1", "t1", "un", "tn"]
 
-_PROBE_TRANSPORT: dict[Transport, Literal["udp", "tcp"]] = {"u1": "udp", "t1": "tcp"}
+_PROBE_TRANSPORT: dict[Transport, Literal["udp", "tcp"]] = {
+    "u1": "udp", "t1": "tcp", "un": "udp", "tn": "tcp"
+}  # fmt: skip
 
 #: sipp's documented exit codes (seen by Python as unsigned bytes for -1 and -2).
 EXIT_ALL_OK = 0
@@ -300,7 +303,7 @@ def start_uac(
     message_path = log_dir / f"{name}.messages.log" if trace_messages else None
     if local_port is None:
         local_port = (
-            free_port_both(host) if transport == "t1" else free_port(socket.SOCK_DGRAM, host)
+            free_port_both(host) if transport[0] == "t" else free_port(socket.SOCK_DGRAM, host)
         )
     args = [
         sipp,

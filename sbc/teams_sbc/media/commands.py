@@ -22,6 +22,9 @@ class Op(StrEnum):
     ANSWER = "answer"  # a 183 or 2xx with SDP
     DELETE = "delete"  # BYE, failed INVITE (CANCEL, timeout, rejection)
     QUERY = "query"  # is a remembered call still there? (the dialog audit)
+    #: A new call without SDP (a delayed offer): which instance will anchor it, chosen when
+    #: the INVITE passes so its token rides in our Record-Route; no ng command is sent.
+    PICK = "pick"
 
 
 class Failure(StrEnum):

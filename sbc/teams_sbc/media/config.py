@@ -138,6 +138,15 @@ class MediaConfig(_Model):
         "media-timeout BYEs) still exists, so calls ended through another replica are "
         "forgotten.",
     )
+    bypass: bool = Field(
+        default=False,
+        description="Media bypass (Microsoft's term): Teams clients send media to rtpengine "
+        "directly, found by ICE, instead of through Microsoft's media processors. rtpengine is "
+        "then ICE-lite towards Teams (`a=ice-lite`, one IPv4 host candidate: rtpengine's "
+        "advertised address, which Teams clients must reach; RTCP muxed on the RTP port) and "
+        "answers Teams' connectivity checks; the Teams trunk must have media bypass enabled "
+        "too. Off: Teams' media processors talk to the address in `c=`, no ICE.",
+    )
     teams_sdes_suites: list[str] = Field(
         default=list(TEAMS_SDES_SUITES),
         min_length=1,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import xmlrpc.client
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,7 +68,7 @@ class MediaDriver:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Who may report a media timeout: the configured rtpengine hosts (and loopback, for
         #: a sidecar): the callback ends calls, so it is not open to anyone on the HTTP port.
-        self._callback_sources = {i.host_port[0] for i in config.rtpengines} | {"127.0.0.1", "::1"}
+        self._callback_sources = callback_sources(config)
         metrics.observe_relays(self._relay_health)
 
     def _relay_health(self) -> list[tuple[str, Any]]:
@@ -171,6 +172,8 @@ class MediaDriver:
         if op is Op.DELETE:
             await relay.delete(call_id=command.call_id, from_tag=command.from_tag)
             return None
+        if op is Op.PICK:
+            return None  # the instance is the answer (a delayed offer: no session yet)
         await relay.command("query", {"call-id": command.call_id, "from-tag": command.from_tag})
         return None
 
@@ -192,7 +195,9 @@ class MediaDriver:
 
     async def timeout_callback(self, request: web.Request) -> web.Response:
         """rtpengine's XMLRPC teardown (``--b2b-url``): the call had no media for too long."""
-        if request.remote not in self._callback_sources:
+        # As a worker (config ``workers``), the callback comes from the supervisor over the
+        # worker's unix socket, which only it can reach; the supervisor checked the source.
+        if request.remote not in self._callback_sources and not _over_unix_socket(request):
             log.warning("media-timeout callback refused from %s", request.remote)
             return web.Response(status=403, text="not an rtpengine of this SBC\n")
         if request.content_length is not None and request.content_length > _MAX_CALLBACK_BYTES:
@@ -233,6 +238,16 @@ def _timeout_params(
 
 def _xml(text: str) -> web.Response:
     return web.Response(text=text, content_type="text/xml")
+
+
+def callback_sources(config: MediaConfig) -> set[str]:
+    """Addresses a media-timeout callback is taken from: the rtpengines, and loopback."""
+    return {i.host_port[0] for i in config.rtpengines} | {"127.0.0.1", "::1"}
+
+
+def _over_unix_socket(request: web.Request) -> bool:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return getattr(sock, "family", None) == socket.AF_UNIX
 
 
 def _fault(code: int, text: str) -> web.Response:

@@ -38,8 +38,13 @@ class MediaPolicy:
     teams_suites: tuple[str, ...] = TEAMS_SDES_SUITES
 
     @classmethod
-    def from_config(cls, config: MediaConfig, *, bypass: bool = False) -> MediaPolicy:
-        return cls(bypass=bypass, teams_suites=tuple(config.teams_sdes_suites))
+    def from_config(cls, config: MediaConfig, *, bypass: bool | None = None) -> MediaPolicy:
+        """The media section's choices; ``bypass`` overrides ``media.bypass`` (for a caller
+        that decides per call, such as a tenant's own setting)."""
+        return cls(
+            bypass=config.bypass if bypass is None else bypass,
+            teams_suites=tuple(config.teams_sdes_suites),
+        )
 
     def dropped_suites(self) -> list[str]:
         """rtpengine 10.5 has no ``only-<suite>``: name every other suite as ``no-<suite>``."""
@@ -68,10 +73,15 @@ def _teams_flags(policy: MediaPolicy, offer: bool) -> dict[str, Any]:
         "SDES": policy.dropped_suites(),  # else 12 suites; Teams uses AES_CM_128_HMAC_SHA1_80
         "ICE": "force" if policy.bypass else "remove",
     }
-    if offer:
+    if offer and policy.bypass:
+        # Media bypass (Microsoft's "Direct Routing - media protocols"): the SBC is ICE-lite
+        # and "must offer only one candidate", IPv4. `require` muxes RTCP onto the RTP port
+        # (a=rtcp names that port, as in Microsoft's own example offer), so rtpengine writes
+        # one candidate, not one per component; every Teams endpoint muxes.
+        flags["rtcp-mux"] = ["require"]
+        flags["ICE-lite"] = "forward"  # we are ICE-lite towards the offer's receiver
+    elif offer:
         flags["rtcp-mux"] = ["offer"]  # Teams accepts rtcp-mux; a=rtcp stays as the fallback
-        if policy.bypass:
-            flags["ICE-lite"] = "forward"  # we are ICE-lite towards the offer's receiver
     return flags
 
 

@@ -112,8 +112,9 @@ class MediaMetrics:
         )
         self.answer_failures = Counter(
             "sbc_media_answers_unanchored",
-            "183/2xx whose answer rtpengine did not take: a 183 went on without SDP, a 2xx "
-            "with the far end's SDP, so the call survives without anchored media.",
+            "183/2xx (and ACKs) whose SDP rtpengine did not take: a 183 went on without SDP, "
+            "a 2xx or an ACK with the far end's SDP, so the call survives without anchored "
+            "media.",
             registry=registry,
         )
         self.timeout_teardowns = Counter(

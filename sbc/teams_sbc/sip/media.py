@@ -98,6 +98,10 @@ class MediaState:
     offer_towards: Leg  # the leg the INVITE went out to
     answer_towards: Leg  # the leg it came from, which gets the answer
     relay: str | None = None  # the instance's token, once the offer has run
+    #: No SDP in the INVITE (a delayed offer, RFC 3261 13.2.1): the offer comes in the 18x/2xx
+    #: (an ng `offer` from the callee's side) and the answer in the ACK (`answer`).
+    delayed: bool = False
+    offered: bool = True  # rtpengine was sent an offer for it (a delayed one: not yet)
     # From the INVITE, for the dialog record: the caller's From, Contact and CSeq.
     caller_from: str = ""
     caller_target: str = ""

@@ -22,7 +22,7 @@ import itertools
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -80,6 +80,9 @@ TIMER_C = 185.0
 UDP_SIZE_LIMIT = 1300
 #: Requests that create a dialog and therefore get Record-Route (RFC 3261 16.6 step 4).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+#: Requests whose SDP is an offer rtpengine anchors (docs/media.md): INVITE and re-INVITE, and
+#: UPDATE (RFC 3311), whose answer comes in its 2xx as a re-INVITE's does.
+MEDIA_OFFERS = frozenset({"INVITE", "UPDATE"})
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, NOTIFY, SUBSCRIBE, MESSAGE"
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 #: Methods counted under their own name in ``sbc_sip_requests``; any other token a peer sends
@@ -106,19 +109,23 @@ class _Local:
     host: str  # advertised host (address or FQDN) for Via and Record-Route
     port: int
     bind_host: str
+    #: The port our Via names, when not ``port``: a worker process's own UDP port, so the
+    #: responses to what it sends come back to it (Record-Route keeps the shared ``port``).
+    via_port: int | None = None
     # Derived once, when the listener is learnt: every forwarded request needs them.
     via_prefix: str = field(init=False, default="")  # "SIP/2.0/UDP host:port;branch="
     rr: str = field(init=False, default="")  # our Record-Route URI
     rr_r2: str = field(init=False, default="")  # the same with r2=on
 
     def __post_init__(self) -> None:
-        self.via_prefix = f"SIP/2.0/{self.transport.upper()} {self.hostport()};branch="
+        via_hostport = self.hostport(self.via_port)
+        self.via_prefix = f"SIP/2.0/{self.transport.upper()} {via_hostport};branch="
         self.rr = self.rr_uri(r2=False)
         self.rr_r2 = self.rr_uri(r2=True)
 
-    def hostport(self) -> str:
+    def hostport(self, port: int | None = None) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        return f"{host}:{self.port}"
+        return f"{host}:{port or self.port}"
 
     def rr_uri(self, r2: bool) -> str:
         transport = "" if self.transport == "udp" else f";transport={self.transport}"
@@ -196,6 +203,9 @@ class Proxy:
         self._ours: dict[tuple[str, int | None, str | None], _Local | None] = {}
         #: One object for equal sent-by strings and response peers (see _shared).
         self._shares: dict[object, Any] = {}
+        #: As one of several workers: where a response whose top Via names a sibling worker's
+        #: port goes (that sibling), by (listener, port).
+        self._siblings: dict[tuple[str, int], Peer] = {}
         self.set_bound_addresses({})
         self._warning_agent = config.server_header
         # Message counts in plain integers, read by the metrics collector at scrape time.
@@ -208,20 +218,41 @@ class Proxy:
 
     # -- configuration ------------------------------------------------------------------------
 
-    def set_bound_addresses(self, bound: dict[str, tuple[str, int]]) -> None:
-        """Learn the real ports (a listener configured with port 0 gets one from the kernel)."""
+    def set_bound_addresses(
+        self,
+        bound: Mapping[str, tuple[str, int]],
+        via_ports: Mapping[str, int] | None = None,
+        sibling_ports: Mapping[str, Collection[int]] | None = None,
+    ) -> None:
+        """Learn the real ports (a listener configured with port 0 gets one from the kernel).
+
+        As one of several worker processes: ``via_ports`` are this worker's own ports, put in
+        our Via instead of the listener's; ``sibling_ports`` are every worker's, recognised as
+        ours too (loop detection, and a Route or Request-URI naming one of them); a response
+        for a sibling that reaches this worker is passed to it (see _on_response).
+        """
         self._locals.clear()
+        self._siblings.clear()
         self._by_hostport.clear()
         self._hops.clear()
         self._ours.clear()
+        via_ports = via_ports or {}
+        sibling_ports = sibling_ports or {}
         for listener in self.config.listeners:
-            port = bound.get(listener.name, (listener.host, listener.port))[1]
+            name = listener.name
+            port = bound.get(name, (listener.host, listener.port))[1]
             local = _Local(
-                listener.name, listener.transport, listener.advertised_host, port, listener.host
-            )
-            self._locals[listener.name] = local
+                name, listener.transport, listener.advertised_host, port, listener.host,
+                via_ports.get(name),
+            )  # fmt: skip
+            self._locals[name] = local
+            ports = {port, *sibling_ports.get(name, ()), local.via_port or port}
+            to = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listener.host, listener.host)
+            for sibling in set(sibling_ports.get(name, ())) - {local.via_port}:
+                self._siblings[(name, sibling)] = Peer(listener.transport, to, sibling)
             for host in {listener.advertised_host.lower(), listener.host.lower()}:
-                self._by_hostport[(host.strip("[]"), port, listener.transport)] = local
+                for each in ports:
+                    self._by_hostport[(host.strip("[]"), each, listener.transport)] = local
 
     def _is_ours(self, host: str, port: int | None, transport: str | None = None) -> _Local | None:
         """The listener that ``host:port`` (and transport, if given, any case) names, if any.
@@ -406,7 +437,7 @@ class Proxy:
         )
         if ack and actions and type(actions[0]) is Stray:
             # No INVITE server transaction took it: the ACK for a 2xx, its own transaction.
-            self._forward_stateless_ack(req, listener)
+            self._forward_stateless_ack(req, listener, now)
             return
         self._act(actions, now)
 
@@ -540,7 +571,7 @@ class Proxy:
         if local is None:
             self._reply(txn, req, 503, f"Service Unavailable (no {dest.transport} listener)", now)
             return
-        if not offered and self._media_on and req.method == "INVITE":
+        if not offered and self._media_on and req.method in MEDIA_OFFERS:
             resolved = dest
 
             def forward(relay: str | None, state: MediaState, later: float) -> None:
@@ -783,12 +814,13 @@ class Proxy:
         )
         self._act(actions, now)
 
-    def _forward_stateless_ack(self, ack: Request, listener: str) -> None:
-        """The ACK for a 2xx is its own transaction: route it like any request, no state."""
+    def _forward_stateless_ack(self, ack: Request, listener: str, now: float) -> None:
+        """The ACK for a 2xx is its own transaction: route it like any request, no state
+        (its SDP, the answer to a delayed offer, goes to rtpengine first)."""
         max_forwards = ack.max_forwards
         if max_forwards == 0:
             return
-        out_local, next_route, ruri_local, _ = self._pop_own_routes(ack)
+        out_local, next_route, ruri_local, token = self._pop_own_routes(ack)
         route_cfg: Route | None = None
         dest: Peer | None
         if next_route is not None:
@@ -808,18 +840,25 @@ class Proxy:
         headers.set("Max-Forwards", _next_max_forwards(max_forwards))
         branch = self._branch(ack, local, self._loop_hash(ack))
         headers.prepend("Via", local.via_prefix + branch)
+        if self._media_on and self._park_ack_answer(ack, token, dest, local.name, now):
+            return
         self.outbox.append(Outgoing(ack.to_bytes(), dest, local.name))
 
     # -- responses ----------------------------------------------------------------------------
 
     def _on_response(self, resp: Response, now: float) -> None:
         status = resp.status
-        self._received[status // 100] += 1
         top = resp.top_via
-        if (
-            not (top.branch or "").startswith(BRANCH_PREFIX)
-            or self._is_ours(top.bare_host, top.port, top.transport) is None
-        ):
+        local = self._is_ours(top.bare_host, top.port, top.transport)
+        if self._siblings and local is not None:
+            sibling = self._siblings.get((local.name, top.port or 0))
+            if sibling is not None:
+                # Another worker's transaction: a peer that answers where the dialog's first
+                # request came from (sipp does), not to the Via, sent it here. Pass it on.
+                self.outbox.append(Outgoing(resp.to_bytes(), sibling, local.name))
+                return
+        self._received[status // 100] += 1
+        if not (top.branch or "").startswith(BRANCH_PREFIX) or local is None:
             log.info("response not for us dropped", extra={"call_id": resp.call_id})
             return
         actions = self.txns.receive_response(
@@ -891,7 +930,7 @@ class Proxy:
             # 16.7 step 6: a 503 is not forwarded upstream; we say the failure is ours.
             best = self._local_response(rctx.server, 500, "Server Internal Error (next hop 503)")
         media = rctx.media
-        if media is not None and media.initial and media.relay is not None:
+        if media is not None and media.initial and media.relay is not None and media.offered:
             # A new call failed (rejected, cancelled, timed out): free its media.
             self._delete_call(media.call_id, media.from_tag, media.relay, f"{best.status}")
         server = rctx.server
@@ -1099,19 +1138,24 @@ class Proxy:
         forward: Callable[[str | None, MediaState, float], None],
         now: float,
     ) -> bool:
-        """Send an INVITE's SDP to rtpengine before the INVITE goes out by ``local``; False
-        when it needs none (no SDP, or a re-INVITE of a call we did not anchor)."""
+        """Send an INVITE's (or UPDATE's) SDP to rtpengine before it goes out by ``local``;
+        False when it needs none (an UPDATE without SDP, or a call we did not anchor).
+
+        An INVITE without SDP is a delayed offer: the offer comes back in the 18x/2xx and the
+        answer in the ACK (:meth:`_park_answer`, :meth:`_park_ack_answer`). A re-INVITE of
+        that kind goes on at once; a new call first has its instance picked (no ng command),
+        so the token rides in our Record-Route as every other call's does."""
         sdp = sdp_of(req)
-        if sdp is None:
-            return False
         ctx: _ServerCtx = txn.context
         initial = req.to_tag is None
+        if req.method != "INVITE" and (sdp is None or initial):
+            return False
         if not initial and token is None:
             # No token in the Route: a UA that ignores Record-Route (its requests reach us as
             # their target), or a call we never anchored. With one instance there is no doubt
             # where the call is (or goes); with several, the SDP passes untouched.
             if len(self._tokens) != 1:
-                log.info("re-INVITE names no rtpengine", extra={"call_id": req.call_id})
+                log.info("%s names no rtpengine", req.method, extra={"call_id": req.call_id})
                 return False
             token = self._tokens[0]
         state = MediaState(
@@ -1121,19 +1165,24 @@ class Proxy:
             offer_towards=self._roles[local.name],
             answer_towards=self._roles[ctx.listener],
             relay=token,
+            delayed=sdp is None,
+            offered=sdp is not None,
         )
         if initial:
             state.caller_from = req.headers.get("from") or ""
             state.caller_target = _contact_uri(req)
             state.caller_cseq = req.cseq.number
+        if sdp is None and not initial:
+            forward(token, state, now)
+            return True
 
         def resume(result: MediaResult, later: float) -> None:
             self._offer_done(txn, req, state, result, forward, later)
 
         ctx.parked = self._command(
-            Op.OFFER, state.call_id, state.from_tag, token, now,
+            Op.PICK if sdp is None else Op.OFFER, state.call_id, state.from_tag, token, now,
             to_tag=req.to_tag, sdp=sdp, towards=state.offer_towards,
-            resume=resume, txn=txn, initial=initial,
+            resume=resume, txn=txn, initial=initial and sdp is not None,
         )  # fmt: skip
         return True
 
@@ -1152,13 +1201,14 @@ class Proxy:
             state.relay = result.relay
         if txn.state not in _PENDING:
             # Answered meanwhile (CANCEL: 487; deadline: 503): the INVITE goes no further.
-            if result.ok and state.initial:
+            if result.ok and state.initial and state.offered:
                 self._delete_call(state.call_id, state.from_tag, state.relay, "INVITE ended")
             return
-        if not result.ok or result.sdp is None:
+        if not result.ok or (result.sdp is None and not state.delayed):
             self._offer_failed(txn, req, state, result, now)
             return
-        req.body = result.sdp.encode()
+        if result.sdp is not None:
+            req.body = result.sdp.encode()
         forward(state.relay, state, now)
 
     def _offer_failed(
@@ -1205,7 +1255,10 @@ class Proxy:
         now: float,
     ) -> bool:
         """Send a response's SDP to rtpengine before it is relayed; responses of the same
-        INVITE wait behind it, in order. False when it can go on at once."""
+        INVITE wait behind it, in order. False when it can go on at once.
+
+        The SDP is the answer to the request's offer, or, after a delayed offer, the callee's
+        offer (rtpengine's `offer` from the callee's tag; the caller answers in the ACK)."""
         if media.busy:
             media.queue.append((client, resp))
             return True
@@ -1225,6 +1278,13 @@ class Proxy:
         def resume(result: MediaResult, later: float) -> None:
             self._answer_done(client, rctx, media, resp, key, result, later)
 
+        if media.delayed:
+            media.offered = True
+            self._command(
+                Op.OFFER, media.call_id, resp.to_tag, media.relay, now,
+                to_tag=media.from_tag, sdp=sdp, towards=media.answer_towards, resume=resume,
+            )  # fmt: skip
+            return True
         self._command(
             Op.ANSWER, media.call_id, media.from_tag, media.relay, now,
             to_tag=resp.to_tag, sdp=sdp, towards=media.answer_towards, resume=resume,
@@ -1260,7 +1320,8 @@ class Proxy:
         media), a 2xx with the far end's own SDP (a proxy cannot take back a 2xx; a later
         re-INVITE anchors the media again)."""
         log.error(
-            "rtpengine did not take the answer: %s; %s",
+            "rtpengine did not take the %s: %s; %s",
+            "offer" if media.delayed else "answer",
             result.reason or result.failure,
             "provisional relayed without SDP" if resp.status < 200 else "2xx relayed unanchored",
             extra={"call_id": media.call_id, "status": resp.status, "rtpengine": media.relay},
@@ -1270,6 +1331,44 @@ class Proxy:
         if resp.status < 200:
             resp.body = b""
             resp.headers.remove("content-type")
+
+    # answer in the ACK: after a delayed offer
+
+    def _park_ack_answer(
+        self, ack: Request, token: str | None, dest: Peer, listener: str, now: float
+    ) -> bool:
+        """An ACK with SDP answers the offer its 2xx carried (a delayed offer, RFC 3261
+        13.2.1): rtpengine takes that answer before the ACK goes on by ``listener``. As
+        stateless as the ACK itself: the 2xx's sender (the ACK's To tag) made the offer, our
+        Route entry names the instance, and the ACK goes on even if rtpengine fails (with
+        the caller's own SDP: a 2xx's offer cannot be taken back)."""
+        sdp = sdp_of(ack)
+        if sdp is None or ack.to_tag is None:
+            return False
+        if token is None:
+            if len(self._tokens) != 1:
+                log.info("ACK names no rtpengine", extra={"call_id": ack.call_id})
+                return False
+            token = self._tokens[0]
+
+        def resume(result: MediaResult, _now: float) -> None:
+            if result.ok and result.sdp is not None:
+                ack.body = result.sdp.encode()
+            else:
+                log.error(
+                    "rtpengine did not take the ACK's answer: %s; ACK relayed unanchored",
+                    result.reason or result.failure,
+                    extra={"call_id": ack.call_id, "rtpengine": token},
+                )
+                if self.media_metrics is not None:
+                    self.media_metrics.answer_failures.inc()
+            self.outbox.append(Outgoing(ack.to_bytes(), dest, listener))
+
+        self._command(
+            Op.ANSWER, ack.call_id, ack.to_tag, token, now,
+            to_tag=ack.from_tag, sdp=sdp, towards=self._roles[listener], resume=resume,
+        )  # fmt: skip
+        return True
 
     # dialogs: remembered for the BYEs of a media timeout
 
@@ -1422,7 +1521,7 @@ class Proxy:
                 message = action.message
                 if isinstance(message, Request):
                     if message.method == "ACK":  # the ACK for a 2xx, in RFC 6026's Accepted
-                        self._forward_stateless_ack(message, txn.context.listener)
+                        self._forward_stateless_ack(message, txn.context.listener, now)
                     else:
                         self._new_request(txn, message, now)
                 elif isinstance(action.message, Response):

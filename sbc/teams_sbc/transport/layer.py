@@ -1,4 +1,11 @@
-"""Sockets for the SBC: listeners, connection reuse and outbound connection pooling."""
+"""Sockets for the SBC: listeners, connection reuse and outbound connection pooling.
+
+As one of several worker processes (config ``workers``), every listener is bound with
+SO_REUSEPORT, so the kernel spreads flows over the workers, and each UDP listener has a private
+socket too (bound by the supervisor, handed over by file descriptor): requests leave by it and
+its port is the one in our Via, so their responses come back to this worker and no other.
+Responses leave by the shared listener socket, the address the peer sent its request to.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import asyncio
 import functools
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
 from teams_sbc.config import Listener
@@ -115,6 +122,9 @@ class TransportLayer:
         metrics: Metrics,
         max_size: int = 65535,
         connect_timeout: float = 5.0,
+        *,
+        reuse_port: bool = False,
+        private_udp: Mapping[str, socket.socket] | None = None,
     ) -> None:
         self.listeners = {listener.name: listener for listener in listeners}
         self.on_message = on_message
@@ -125,7 +135,13 @@ class TransportLayer:
         self.tls: dict[str, TlsContexts] = {
             lis.name: TlsContexts(lis.tls) for lis in listeners if lis.tls is not None
         }
+        self.reuse_port = reuse_port
+        self._private_socks = dict(private_udp or {})
         self._udp: dict[str, _Datagram] = {}
+        #: Where a UDP request leaves, by listener: its private socket if it has one.
+        self._udp_requests: dict[str, _Datagram] = {}
+        #: The private socket's port of each UDP listener that has one (our Via's sent-by).
+        self.via_ports: dict[str, int] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[tuple[str, str, int], _Stream] = {}
         self._connecting: dict[tuple[str, str, int], asyncio.Task[_Stream]] = {}
@@ -139,12 +155,23 @@ class TransportLayer:
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind((listener.host, listener.port))
                 transport, proto = await loop.create_datagram_endpoint(
                     functools.partial(_Datagram, listener, self.on_message), sock=sock
                 )
-                self._udp[listener.name] = proto
+                self._udp[listener.name] = self._udp_requests[listener.name] = proto
                 self.bound[listener.name] = transport.get_extra_info("sockname")[:2]
+                private = self._private_socks.get(listener.name)
+                if private is not None:
+                    # Messages arriving here are the listener's too (responses, and requests
+                    # from peers that answer to the address a request came from).
+                    _t, own = await loop.create_datagram_endpoint(
+                        functools.partial(_Datagram, listener, self.on_message), sock=private
+                    )
+                    self._udp_requests[listener.name] = own
+                    self.via_ports[listener.name] = int(private.getsockname()[1])
             else:
                 tls = self.tls.get(listener.name)
                 server = await loop.create_server(
@@ -152,6 +179,7 @@ class TransportLayer:
                     listener.host,
                     listener.port,
                     reuse_address=True,
+                    reuse_port=self.reuse_port or None,
                     ssl=tls.server if tls else None,
                     ssl_handshake_timeout=self.connect_timeout if tls else None,
                 )
@@ -170,7 +198,7 @@ class TransportLayer:
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.close()
-        for proto in self._udp.values():
+        for proto in {*self._udp.values(), *self._udp_requests.values()}:
             if proto.transport is not None:
                 proto.transport.close()
         await asyncio.sleep(0)
@@ -199,7 +227,10 @@ class TransportLayer:
         """Send one message; a failure goes to ``on_send_failed``, never raised into the core."""
         peer = out.peer
         if peer.transport == "udp":
-            proto = self._udp.get(out.listener) or next(iter(self._udp.values()), None)
+            # A request leaves by the listener's private socket where it has one (a worker's):
+            # its responses come back to that port. A response leaves by the shared socket.
+            by = self._udp if out.data.startswith(b"SIP/2.0 ") else self._udp_requests
+            proto = by.get(out.listener) or next(iter(by.values()), None)
             if proto is None or proto.transport is None:
                 self._send_failed(out, "no UDP listener to send from")
                 return
