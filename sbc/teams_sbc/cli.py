@@ -19,10 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("--config", required=True)
 
+    from teams_sbc import demo as demo_cli
+
     demo = sub.add_parser(
-        "demo", help="the embedded default: run the SBC locally and prove it works"
+        "demo",
+        help="the embedded default: run the SBC locally and prove it works",
+        description=demo_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--config", default=None, help="config to run (default: examples/sbc.yaml)")
+    demo_cli.add_arguments(demo)
 
     from teams_sbc.emulator import cli as emulator_cli
 
@@ -56,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "emulate-teams":
         return emulator_cli.main(args)
     if args.command == "demo":
-        from teams_sbc.demo import run_demo
-
-        return run_demo(args.config)
+        return demo_cli.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

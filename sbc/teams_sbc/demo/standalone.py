@@ -1,4 +1,4 @@
-"""`teams-sbc demo`: the embedded default, run end to end on loopback.
+"""`teams-sbc demo --sbc-only`: the SBC alone on loopback, checked end to end.
 
 It starts the SBC as its own process from `examples/sbc.yaml` (exactly as `teams-sbc run` would),
 waits until `/readyz` says ready, talks SIP to it over every listener, reads its metrics, stops it
@@ -20,10 +20,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teams_sbc.config import Listener, SbcConfig, load_config
+from teams_sbc.config import ConfigError, Listener, SbcConfig, load_config
 from teams_sbc.sip import Response, SipParseError, parse_message
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "sbc.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "examples" / "sbc.yaml"
 
 
 @dataclass
@@ -99,7 +99,11 @@ def _wait_ready(proc: subprocess.Popen[bytes], config: SbcConfig, timeout: float
 
 def run_demo(config_path: str | None = None) -> int:
     path = Path(config_path) if config_path else DEFAULT_CONFIG
-    config = load_config(path)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"teams-sbc demo: {exc}", file=sys.stderr)
+        return 2
     results = Results()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
