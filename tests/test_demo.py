@@ -68,7 +68,8 @@ def call_block(stdout: str, index: int) -> str:
 
 def test_teams_demo_calls_both_ways_for_both_tenants_with_media(tmp_path: Path) -> None:
     work = tmp_path / "work"
-    run = demo("--teams", "--workdir", str(work), "--ladder", "full")
+    # No mode flag: the README's `./dev demo` runs exactly this default.
+    run = demo("--workdir", str(work), "--ladder", "full")
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     result = last_json(run.stdout)
     assert result["ok"] is True

@@ -1,6 +1,6 @@
 """`teams-sbc demo`: the embedded default, end to end on loopback (docs/demo.md).
 
-With ``--teams``: a throw-away CA and certificates, rtpengine, the SBC (``teams-sbc run``), the
+By default (or ``--teams``): a throw-away CA and certificates, rtpengine, the SBC (``teams-sbc run``), the
 strict Teams emulator as Microsoft's sip, sip2 and sip3, and a carrier trunk (sipp with RTP);
 calls both ways for two tenants, with SRTP towards Teams and RTP towards the carrier. It prints
 a short ladder of each call and, as its last line, one JSON object; exit status 0 only if every
@@ -25,9 +25,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-#: What ``teams-sbc demo`` runs without ``--teams`` or ``--sbc-only``. The Teams demo becomes
-#: the default once the SBC's Teams edge is part of the SBC (issue 5).
-DEFAULT_MODE = "sbc-only"
+#: What ``teams-sbc demo`` runs without ``--teams`` or ``--sbc-only``: the whole picture.
+DEFAULT_MODE = "teams"
 
 #: Exit status when a prerequisite (sipp, rtpengine) is missing; 1 is "a call or part failed".
 EXIT_MISSING = 2
