@@ -1,11 +1,11 @@
 """`teams-sbc demo`: the embedded default, end to end on loopback (docs/demo.md).
 
-By default (or ``--teams``): a throw-away CA and certificates, rtpengine, the SBC (``teams-sbc run``), the
-strict Teams emulator as Microsoft's sip, sip2 and sip3, and a carrier trunk (sipp with RTP);
-calls both ways for two tenants, with SRTP towards Teams and RTP towards the carrier. It prints
-a short ladder of each call and, as its last line, one JSON object; exit status 0 only if every
-call succeeded. ``--sbc-only``: the SBC alone from ``examples/sbc.yaml``, checked with OPTIONS
-over UDP and TCP (:mod:`teams_sbc.demo.standalone`).
+By default (or ``--teams``): a throw-away CA and certificates, rtpengine, the SBC
+(``teams-sbc run``), the strict Teams emulator as Microsoft's sip, sip2 and sip3, and a carrier
+trunk (sipp with RTP); calls both ways for two tenants, with SRTP towards Teams and RTP towards
+the carrier. It prints a short ladder of each call and, as its last line, one JSON object; exit
+status 0 only if every call succeeded. ``--sbc-only``: the SBC alone from ``examples/sbc.yaml``,
+checked with OPTIONS over UDP and TCP (:mod:`teams_sbc.demo.standalone`).
 
 Modules: ``bed`` (PKI, configs, starting the parts), ``carrier`` (sipp and its traces),
 ``calls`` (placing and judging the calls), ``report`` (ladders, media figures), ``children``
