@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_supervisor(config)
         from teams_sbc.app import run_forever
 
-        return run_forever(config)
+        return run_forever(config, args.config)
     if args.command == "emulate-teams":
         return emulator_cli.main(args)
     if args.command == "demo":
