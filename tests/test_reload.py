@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.teams.test_edge_e2e import FQDN, Bed, BedFactory, _call
+from tests.test_workers import SCENARIOS, callers, per_worker, read_trace
 from tests.testbed.process import wait_until
 from tests.testbed.sbc import SbcFactory, SbcProcess
 from tests.testbed.sipp import SippFactory
@@ -142,3 +143,37 @@ def test_a_listener_change_waits_for_a_restart(beds: BedFactory) -> None:
     assert sbc.readiness()[0]
     warned = [r for r in sbc.log_records() if r.get("keys") == ["listeners"]]
     assert warned and "restart" in warned[0]["msg"]
+
+
+def test_each_worker_reloads_itself(sbc_factory: SbcFactory, sipp_factory: SippFactory) -> None:
+    """``workers: 2``: a new route reaches both workers (SIGHUP to the supervisor is passed on
+    to them), and the calls both take go to the new next hop."""
+    old_uas = sipp_factory.uas(scenario=SCENARIOS / "uas_answer.xml")
+    new_trace = sipp_factory.log_dir / "new-uas.messages.log"
+    new_uas = sipp_factory.uas(
+        scenario=SCENARIOS / "uas_answer.xml",
+        extra_args=["-trace_msg", "-message_file", str(new_trace)],
+    )
+    sbc = sbc_factory(
+        routes=[{"name": "uas", "next_hop": f"sip:{old_uas.address}"}],
+        workers=2,
+        config_reload_seconds=0.5,
+    )
+
+    def reroute(config: dict[str, Any]) -> None:
+        config["routes"][0]["next_hop"] = f"sip:{new_uas.address}"
+
+    _rewrite(sbc, reroute)
+    wait_until(lambda: _reloads(sbc, "applied") == 2, 10, "both workers applied the file")
+    assert sbc.metrics().value("sbc_config_generation") == 4  # summed over the two workers
+    callers(sbc, sipp_factory, count=3, calls=6)
+    invites = per_worker(sbc, "INVITE")
+    assert min(invites.values()) > 0 and sum(invites.values()) == 18, invites
+    received = [t for t in read_trace(new_trace) if t.direction == "received"]
+    assert len([t for t in received if t.method == "INVITE"]) == 18
+    # A broken file: each worker refuses it and keeps running.
+    sbc.config_path.write_text("workers: two\n")
+    sbc.signal_main(signal.SIGHUP)
+    wait_until(lambda: _reloads(sbc, "rejected") == 2, 10, "both workers refused the file")
+    assert sbc.readiness()[0]
+    sbc.wait_idle()

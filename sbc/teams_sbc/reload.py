@@ -103,7 +103,9 @@ class Reloader:
     def __init__(self, path: str | Path, config: SbcConfig, registry: CollectorRegistry) -> None:
         self.path = Path(path)
         self.config = config
-        self.state = ReloadState(hash=self._digest() or "")
+        # No hash yet: the first check reads the file and compares it with ``config`` (a worker
+        # restarted by its supervisor is given the config the supervisor started with).
+        self.state = ReloadState()
         self.total = Counter(
             "sbc_config_reload",
             "Config file changes seen, by what became of them (applied, rejected: invalid "
