@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from teams_sbc.teams.config import CLOUD_PROXIES
+
 GROUP = "sbc.teams-sbc.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -19,18 +21,6 @@ CertificateSource = Literal["secret", "cert-manager", "dev-ca"]
 
 #: Microsoft's health dashboard warns about a certificate 30 days before it expires.
 DEFAULT_WARNING_DAYS = 30
-
-#: Microsoft's SIP proxies per cloud, in the order new calls try them (docs: "Direct Routing -
-#: SIP protocol"; gov clouds have one name each).
-TEAMS_PROXIES: dict[str, tuple[str, ...]] = {
-    "commercial": (
-        "sip.pstnhub.microsoft.com",
-        "sip2.pstnhub.microsoft.com",
-        "sip3.pstnhub.microsoft.com",
-    ),
-    "gcch": ("sip.pstnhub.gov.teams.microsoft.us",),
-    "dod": ("sip.pstnhub.dod.teams.microsoft.us",),
-}
 
 
 def _get(mapping: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
@@ -144,7 +134,7 @@ class Trunk:
 
     @property
     def teams_proxies(self) -> tuple[str, ...]:
-        return TEAMS_PROXIES.get(self.cloud, TEAMS_PROXIES["commercial"])
+        return CLOUD_PROXIES.get(self.cloud, CLOUD_PROXIES["commercial"])
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Trunk:
