@@ -204,6 +204,14 @@ for _group, _version, _plural, _kind in OWNED_KINDS:
     )
 
 
+@kopf.on.event("", "v1", "pods", labels=MANAGED, id="sbc_pod")
+async def sbc_pod_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """An SBC pod came, went or reported Microsoft's state (its annotation): TeamsReachable."""
+    trunk = str(labels.get(TRUNK_LABEL, ""))
+    if trunk:
+        reconciler().wake((namespace or "", trunk))
+
+
 def _read_by_a_trunk(*, namespace: str | None, name: str, **_: Any) -> bool:
     return _reconciler is not None and bool(
         _reconciler.trunks_reading_secret(namespace or "", name)

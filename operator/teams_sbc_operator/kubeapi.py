@@ -32,6 +32,7 @@ PLURALS: dict[str, str] = {
     "TeamsTrunk": "teamstrunks",
     "TeamsTenant": "teamstenants",
     "Event": "events",
+    "Pod": "pods",
 }
 
 

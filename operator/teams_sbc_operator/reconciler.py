@@ -43,7 +43,12 @@ from teams_sbc_operator.render import certificate as render_cert
 from teams_sbc_operator.render import dns as render_dns
 from teams_sbc_operator.render import workload
 from teams_sbc_operator.render.conditions import Check, ready, transitions, without_times
-from teams_sbc_operator.render.objects import NOT_FOR_MICROSOFT, dev_ca_secret_name
+from teams_sbc_operator.render.objects import (
+    NOT_FOR_MICROSOFT,
+    dev_ca_secret_name,
+    selector_labels,
+)
+from teams_sbc_operator.render.reachability import CONDITION, teams_reachable
 from teams_sbc_operator.render.sbc_config import config_yaml, render_sbc_config
 from teams_sbc_operator.render.status import (
     orphan_tenant_status,
@@ -225,8 +230,14 @@ class Reconciler:
                 else None
             ),
         }
+        reachable, extra["teamsProxies"] = await self.reachability_step(trunk)
         new_status = trunk_status(
-            generation=trunk.generation, checks=checks, old=old_status, now=now, extra=extra
+            generation=trunk.generation,
+            checks=checks,
+            old=old_status,
+            now=now,
+            extra=extra,
+            informational=[reachable],
         )
         await self.write_trunk_status(trunk, body, old_status, new_status)
         for c in [*checks, ready(checks, "")]:
@@ -435,6 +446,17 @@ class Reconciler:
             metrics.ERRORS.labels(step="workload", reason=exc.reason).inc()
             return Check("SBCAvailable", False, "APIError", exc.message)
         return sbc_available(deployment)
+
+    async def reachability_step(self, trunk: Trunk) -> tuple[Check, str | None]:
+        """TeamsReachable and Teams-Up from the annotations the SBC pods write on themselves
+        (render/reachability.py)."""
+        selector = ",".join(f"{k}={v}" for k, v in selector_labels(trunk).items())
+        try:
+            pods = await self.api.list("v1", "Pod", trunk.namespace, selector)
+        except ApiError as exc:
+            metrics.ERRORS.labels(step="reachability", reason=exc.reason).inc()
+            return Check(CONDITION, False, "APIError", exc.message), None
+        return teams_reachable(pods)
 
     def public_addresses(self, trunk: Trunk, service: Mapping[str, Any] | None) -> list[str]:
         if trunk.public_addresses:

@@ -29,6 +29,7 @@ from teams_sbc.media.commands import MediaResult
 from teams_sbc.media.driver import MediaDriver
 from teams_sbc.media.metrics import MediaMetrics
 from teams_sbc.metrics import Metrics
+from teams_sbc.reload import Reloader
 from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import Proxy
 from teams_sbc.teams.edge import TeamsProxy
@@ -42,10 +43,16 @@ log = logging.getLogger("teams_sbc")
 
 
 class Sbc:
-    def __init__(self, config: SbcConfig, seat: Seat | None = None) -> None:
+    def __init__(
+        self, config: SbcConfig, seat: Seat | None = None, config_path: str | None = None
+    ) -> None:
         self.config = config
         self.seat = seat
         self.metrics = Metrics()
+        # The config file, watched for tenants and routes changed without a restart.
+        self.reloader = (
+            Reloader(config_path, config, self.metrics.registry) if config_path else None
+        )
         # Media (docs/media.md): the core parks messages on rtpengine; the driver runs the
         # commands and feeds the results back (_media_done).
         self.media: MediaDriver | None = None
@@ -71,6 +78,8 @@ class Sbc:
         routes: list[ExtraRoute] = list(self.media.routes()) if self.media is not None else []
         if isinstance(self.core, TeamsProxy):
             routes.append(("GET", "/teams", self._teams_status))
+        if self.reloader is not None:
+            routes.append(("GET", "/config", self._config_status))
         self.health = HealthServer(
             config.http.host,
             config.http.port,
@@ -84,6 +93,7 @@ class Sbc:
         self._timer_at: float | None = None
         self._drained = asyncio.Event()
         self._reloader: asyncio.Task[None] | None = None
+        self._config_watch: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -100,6 +110,8 @@ class Sbc:
         await self.health.start()
         if self.transports.tls:
             self._reloader = asyncio.get_running_loop().create_task(self._reload_tls())
+        if self.reloader is not None and self.config.config_reload_seconds > 0:
+            self._config_watch = self._loop.create_task(self._watch_config())
         # Read at scrape time: 0 while draining, or while no rtpengine can anchor a call.
         self.metrics.ready.set_function(lambda: float(self.readiness()[0]))
         self._flush()  # arm the core's first timer (the Teams edge's OPTIONS are due at once)
@@ -122,10 +134,40 @@ class Sbc:
             for contexts in self.transports.tls.values():
                 contexts.reload_if_changed()
 
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.config_reload_seconds)
+            self.check_config()
+
+    def check_config(self) -> None:
+        """Look at the config file now (every few seconds, and on SIGHUP); apply a change
+        the running core can take (teams_sbc.reload). Never raises: a bad file is logged."""
+        if self.reloader is None or self._loop is None:
+            return
+        try:
+            new = self.reloader.check()
+        except Exception:  # a reload must never take the SBC down
+            log.exception("config check failed, the running config stays")
+            return
+        if new is not None:
+            self.config = new
+            self.core.reconfigure(new)
+            self._flush()
+
     async def _teams_status(self, _request: web.Request) -> web.Response:
         """/teams: the trunk and each Microsoft proxy's health, for the operator."""
         assert isinstance(self.core, TeamsProxy) and self._loop is not None
-        body = json.dumps(self.core.teams_status(self._loop.time()), indent=1) + "\n"
+        status = self.core.teams_status(self._loop.time())
+        if self.reloader is not None:
+            status["config"] = self.reloader.state.status()
+        body = json.dumps(status, indent=1) + "\n"
+        return web.Response(text=body, content_type="application/json")
+
+    async def _config_status(self, _request: web.Request) -> web.Response:
+        """/config: the running config's generation and what the last reload check decided
+        (informational: readiness does not depend on it)."""
+        assert self.reloader is not None
+        body = json.dumps(self.reloader.state.status(), indent=1) + "\n"
         return web.Response(text=body, content_type="application/json")
 
     def readiness(self) -> tuple[bool, list[str]]:
@@ -155,6 +197,8 @@ class Sbc:
             self._timer.cancel()
         if self._reloader is not None:
             self._reloader.cancel()
+        if self._config_watch is not None:
+            self._config_watch.cancel()
         await self.transports.close()
         await self.health.stop()
         if self.media is not None:
@@ -228,14 +272,15 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-async def serve(config: SbcConfig, seat: Seat | None = None) -> int:
-    sbc = Sbc(config, seat)
+async def serve(config: SbcConfig, seat: Seat | None = None, config_path: str | None = None) -> int:
+    sbc = Sbc(config, seat, config_path)
     await sbc.start()
     tune_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, sbc.check_config)
     if seat is not None:
         from teams_sbc.workers.seat import on_supervisor_gone
 
@@ -251,8 +296,8 @@ async def serve(config: SbcConfig, seat: Seat | None = None) -> int:
     return 0
 
 
-def run_forever(config: SbcConfig) -> int:
+def run_forever(config: SbcConfig, config_path: str | None = None) -> int:
     setup_logging(config.logging.level, config.logging.format)
     with contextlib.suppress(KeyboardInterrupt):
-        return uvloop.run(serve(config))
+        return uvloop.run(serve(config, config_path=config_path))
     return 0

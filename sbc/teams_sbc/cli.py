@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         if config.workers > 1:
             from teams_sbc.workers.supervisor import run_supervisor
 
-            return run_supervisor(config)
+            return run_supervisor(config, args.config)
         from teams_sbc.app import run_forever
 
-        return run_forever(config)
+        return run_forever(config, args.config)
     if args.command == "emulate-teams":
         return emulator_cli.main(args)
     if args.command == "demo":

@@ -179,6 +179,14 @@ class SbcConfig(_Model):
     tls_reload_seconds: float = Field(
         default=10.0, gt=0, description="How often certificate files are checked for renewal."
     )
+    config_reload_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often the config file is checked for changes (SIGHUP checks at once); "
+        "0: only on SIGHUP. Tenants, numbers, policies, the carrier trunk, routes and hosts "
+        "are applied without a restart; other changes are logged and wait for one "
+        "(docs/operator.md, 'Config reload').",
+    )
     drain_seconds: float = Field(
         default=32.0, ge=0, description="On SIGTERM, how long open transactions may take to finish."
     )

@@ -98,7 +98,10 @@ def test_trunk_and_tenants_become_ready(kube: Kube, operator: Operator, named: D
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "CertificateReady": "True", "DNSReady": "True", "ConfigApplied": "True",
         "SBCAvailable": "True", "Ready": "True",
+        "TeamsReachable": "False",  # no SBC runs in these pods to report Microsoft's state
     }  # fmt: skip
+    reachable = kube.condition("teamstrunk", "sbc1", "TeamsReachable") or {}
+    assert reachable.get("reason") == "NotReported"
     assert all(c["observedGeneration"] == trunk["metadata"]["generation"]
                for c in status["conditions"])  # fmt: skip
     tenant = kube.status("teamstenant", "contoso")

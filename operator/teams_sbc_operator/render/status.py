@@ -26,10 +26,12 @@ def trunk_status(
     old: Mapping[str, Any],
     now: datetime.datetime,
     extra: Mapping[str, Any],
+    informational: Sequence[Check] = (),
 ) -> dict[str, Any]:
     """The whole status of a trunk: the checks and Ready as conditions, plus ``extra`` fields
-    (tenants, certificate, dns, publicAddresses)."""
-    all_checks = [*checks, ready(checks, "the SBC")]
+    (tenants, certificate, dns, publicAddresses). ``informational`` checks (TeamsReachable)
+    become conditions too but do not count for Ready."""
+    all_checks = [*checks, ready(checks, "the SBC"), *informational]
     return {
         **extra,
         "observedGeneration": generation,

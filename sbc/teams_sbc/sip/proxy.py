@@ -256,6 +256,12 @@ class Proxy:
                 for each in ports:
                     self._by_hostport[(host.strip("[]"), each, listener.transport)] = local
 
+    def reconfigure(self, config: SbcConfig) -> None:
+        """Take over a reloaded config (teams_sbc.reload): only the parts it lets change
+        (routes, hosts) are read again; transactions in flight keep what they were given."""
+        self.config = config
+        self._hops.clear()  # the routes' next hops, resolved with the old routes and hosts
+
     def _is_ours(self, host: str, port: int | None, transport: str | None = None) -> _Local | None:
         """The listener that ``host:port`` (and transport, if given, any case) names, if any.
 

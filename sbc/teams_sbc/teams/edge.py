@@ -146,6 +146,32 @@ class TeamsProxy(Proxy):
                 for port in ports:
                     self._by_hostport.setdefault((fqdn, port, local.transport), local)
 
+    def reconfigure(self, config: SbcConfig) -> None:
+        """Take over a reloaded config (teams_sbc.reload lets only the tenants, their numbers
+        and policies, the carrier trunk, the tenant header, the unknown-tenant status, the
+        failover timeout, routes and hosts change): the tenant tables and the names we answer
+        to are built again. Calls in flight keep the tenant they were given; the Microsoft
+        proxies and their health stay as they are."""
+        assert config.teams is not None, "the teams section cannot be removed by a reload"
+        old_fqdns = set(self.tenants.fqdns())
+        super().reconfigure(config)
+        self.teams = config.teams
+        self.tenants = Tenants(self.teams)
+        self._carrier_routes.clear()
+        listener_hosts = {
+            host.lower().strip("[]")
+            for local in self._locals.values()
+            for host in (local.host, local.bind_host)
+        }
+        for key in [k for k in self._by_hostport if k[0] in old_fqdns - listener_hosts]:
+            del self._by_hostport[key]
+        for local in self._locals.values():
+            ports = {local.port, 5061} if local.name == self.teams_listener else {local.port}
+            for fqdn in self.tenants.fqdns():
+                for port in ports:
+                    self._by_hostport.setdefault((fqdn, port, local.transport), local)
+        self._ours.clear()
+
     def _finished(self, ctx: _ServerCtx | _ClientCtx) -> _ServerCtx | _ClientCtx:
         """The core shares one context among the finished transactions of a destination; a
         request of the Teams edge keeps its own, with what the edge knows of it (the tenant and

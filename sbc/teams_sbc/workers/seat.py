@@ -32,6 +32,8 @@ class Seat:
     private_fds: dict[str, int] = field(default_factory=dict)
     #: By UDP listener: every worker's own port, so any worker recognises any sibling's Via.
     sibling_ports: dict[str, list[int]] = field(default_factory=dict)
+    #: The config file, which each worker watches and reloads itself (teams_sbc.reload).
+    config_path: str | None = None
 
     def private_sockets(self) -> dict[str, socket.socket]:
         """The inherited sockets as socket objects (call once: they own the descriptors)."""
@@ -59,6 +61,7 @@ def read_handshake(fd: int = 0) -> tuple[SbcConfig, Seat]:
         health_path=str(seat["health_path"]),
         private_fds={str(k): int(v) for k, v in seat["private_fds"].items()},
         sibling_ports={str(k): [int(p) for p in v] for k, v in seat["sibling_ports"].items()},
+        config_path=seat.get("config_path"),
     )
 
 

@@ -111,8 +111,9 @@ class _SupervisorHttp(HealthServer):
 
 
 class Supervisor:
-    def __init__(self, config: SbcConfig) -> None:
+    def __init__(self, config: SbcConfig, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.count = config.workers
         self.registry = CollectorRegistry()
         self.restarts = Counter(
@@ -143,6 +144,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
         try:
             try:
                 self._check_listeners_free()
@@ -262,6 +264,12 @@ class Supervisor:
                         f"({listener.transport}): {exc.strerror or exc}"
                     ) from exc
 
+    def _forward_hup(self) -> None:
+        """SIGHUP: every worker checks the config file now (each reloads itself)."""
+        for slot in self._slots:
+            if slot.running() and slot.proc is not None:
+                slot.proc.send_signal(signal.SIGHUP)
+
     def _seats(self) -> list[_Slot]:
         """Bind every worker's own UDP sockets; the seats name them by file descriptor."""
         udp = [li for li in self.config.listeners if li.transport == "udp"]
@@ -284,7 +292,7 @@ class Supervisor:
                 ports[listener.name].append(int(sock.getsockname()[1]))
             fds.append(mine)
         return [
-            _Slot(Seat(i, str(self._dir / f"worker-{i}.sock"), fds[i], ports))
+            _Slot(Seat(i, str(self._dir / f"worker-{i}.sock"), fds[i], ports, self.config_path))
             for i in range(self.count)
         ]
 
@@ -476,7 +484,7 @@ class _RoleFilter(logging.Filter):
         return True
 
 
-def run_supervisor(config: SbcConfig) -> int:
+def run_supervisor(config: SbcConfig, config_path: str | None = None) -> int:
     """``teams-sbc run`` with ``workers`` > 1 (Linux: SO_REUSEPORT spreads flows evenly)."""
     setup_logging(config.logging.level, config.logging.format)
     for handler in logging.getLogger().handlers:
@@ -486,7 +494,7 @@ def run_supervisor(config: SbcConfig) -> int:
         return 2
 
     async def main() -> int:
-        return await Supervisor(config).run()
+        return await Supervisor(config, config_path).run()
 
     with contextlib.suppress(KeyboardInterrupt):
         return uvloop.run(main())

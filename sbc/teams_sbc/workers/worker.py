@@ -25,7 +25,7 @@ def main() -> int:
         handler.addFilter(SeatFilter(seat.index))
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            return uvloop.run(serve(config, seat))
+            return uvloop.run(serve(config, seat, seat.config_path))
         return 0
     finally:
         # The supervisor removes the directory of the workers' sockets; if it was killed, the
