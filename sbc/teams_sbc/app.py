@@ -29,6 +29,7 @@ from teams_sbc.media.commands import MediaResult
 from teams_sbc.media.driver import MediaDriver
 from teams_sbc.media.metrics import MediaMetrics
 from teams_sbc.metrics import Metrics
+from teams_sbc.podstatus import PodStatusWriter
 from teams_sbc.reload import Reloader
 from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import Proxy
@@ -94,6 +95,13 @@ class Sbc:
         self._drained = asyncio.Event()
         self._reloader: asyncio.Task[None] | None = None
         self._config_watch: asyncio.Task[None] | None = None
+        # In a pod, the Microsoft proxies' state goes into the Pod's annotation for the
+        # operator (teams_sbc.podstatus). With workers, worker 0 writes it.
+        self.pod_status: PodStatusWriter | None = None
+        if isinstance(self.core, TeamsProxy) and (seat is None or seat.index == 0):
+            self.pod_status = PodStatusWriter.from_env(
+                config.pod_status, self.core.pool, self.metrics.registry
+            )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -115,6 +123,8 @@ class Sbc:
         # Read at scrape time: 0 while draining, or while no rtpengine can anchor a call.
         self.metrics.ready.set_function(lambda: float(self.readiness()[0]))
         self._flush()  # arm the core's first timer (the Teams edge's OPTIONS are due at once)
+        if self.pod_status is not None:
+            self.pod_status.start()
         log.info(
             "sbc started",
             extra={
@@ -199,6 +209,8 @@ class Sbc:
             self._reloader.cancel()
         if self._config_watch is not None:
             self._config_watch.cancel()
+        if self.pod_status is not None:
+            self.pod_status.stop()
         await self.transports.close()
         await self.health.stop()
         if self.media is not None:

@@ -149,6 +149,27 @@ class Logging(_Model):
     format: Literal["json", "text"] = Field(default="json", description="json: one object a line.")
 
 
+class PodStatus(_Model):
+    """In Kubernetes, the SBC writes its Microsoft proxies' OPTIONS state into an annotation on
+    its own Pod (``sbc.teams-sbc.io/teams-proxies``), which the operator reads for the trunk's
+    TeamsReachable condition (docs/operator.md). Active only with a Teams edge and the env
+    ``POD_NAME`` and ``POD_NAMESPACE`` set (the downward API); outside a pod it does nothing."""
+
+    enabled: bool = Field(default=True, description="Write the annotation (when in a pod).")
+    min_interval_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="At most one write in this many seconds: a flapping proxy costs the API "
+        "server one patch per interval, carrying the latest state.",
+    )
+    refresh_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Rewrite the unchanged state this often, so its `at` time tells a live "
+        "report from a stale one.",
+    )
+
+
 class SbcConfig(_Model):
     """The whole file."""
 
@@ -211,6 +232,7 @@ class SbcConfig(_Model):
         description="rtpengine anchors the media of every call (docs/media.md); without this "
         "section SDP passes through untouched.",
     )
+    pod_status: PodStatus = Field(default_factory=PodStatus)
 
     @field_validator("listeners")
     @classmethod
