@@ -195,6 +195,9 @@ OWNED_KINDS = [
     ("", "v1", "services", "Service"),
     ("apps", "v1", "deployments", "Deployment"),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     ("cert-manager.io", "v1", "certificates", "Certificate"),
     ("externaldns.k8s.io", "v1alpha1", "dnsendpoints", "DNSEndpoint"),
 ]

@@ -33,6 +33,9 @@ PLURALS: dict[str, str] = {
     "TeamsTenant": "teamstenants",
     "Event": "events",
     "Pod": "pods",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
 }
 
 

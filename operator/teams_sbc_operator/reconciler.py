@@ -432,6 +432,10 @@ class Reconciler:
 
     async def workload_step(self, trunk: Trunk, state: TrunkState) -> Check:
         try:
+            # The SBC's identity first: the pods start with their ServiceAccount in place.
+            for obj in (workload.service_account(trunk), workload.role(trunk),
+                        workload.role_binding(trunk)):  # fmt: skip
+                await self.apply(trunk, obj, state)
             deployment = await self.apply(
                 trunk,
                 workload.deployment(

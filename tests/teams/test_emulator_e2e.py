@@ -98,6 +98,8 @@ class EdgeFactory:
         pki: TestPki | None = None,
         emulator: dict[str, Any] | None = None,
         media: dict[str, Any] | None = None,
+        sbc_env: dict[str, str] | None = None,
+        sbc_config: dict[str, Any] | None = None,
         **teams: Any,
     ) -> Edge:
         pki = pki or self.emulators.pki
@@ -159,6 +161,8 @@ class EdgeFactory:
             teams=section,
             tls_reload_seconds=0.2,
             **({"media": media} if media else {}),
+            env=sbc_env,
+            **(sbc_config or {}),
         )
         return Edge(sbc, emu, pki, cert, uas, self.sipp)
 

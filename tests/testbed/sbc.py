@@ -115,8 +115,10 @@ class SbcProcess:
         http_host: str = "127.0.0.1",
         timers: Mapping[str, int] | None = None,
         config: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.work_dir = work_dir
+        self.env = dict(env or {})
         self.name = name
         self.http_host = http_host
         self.http_port = free_port(socket.SOCK_STREAM, http_host)
@@ -164,7 +166,11 @@ class SbcProcess:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         args = [*teams_sbc_command(), "run", "--config", str(self.config_path)]
         self.proc = ManagedProcess(
-            self.name, args, self.work_dir, env={"PYTHONUNBUFFERED": "1"}, cwd=self.work_dir
+            self.name,
+            args,
+            self.work_dir,
+            env={"PYTHONUNBUFFERED": "1", **self.env},
+            cwd=self.work_dir,
         )
         if ready:
             wait_until(
@@ -298,13 +304,20 @@ class SbcFactory:
         routes: Sequence[Spec] = (),
         timers: Mapping[str, int] | None = None,
         start: bool = True,
+        env: Mapping[str, str] | None = None,
         **config: Any,
     ) -> SbcProcess:
-        """A started SBC; ``routes`` and any other keyword become top-level config keys."""
+        """A started SBC; ``routes`` and any other keyword become top-level config keys;
+        ``env`` is added to the process's environment."""
         name = f"teams-sbc-{len(self._started) + 1}"
         full = {"routes": list(routes), **config} if routes else dict(config)
         sbc = SbcProcess(
-            self.log_dir / name, name=name, listeners=listeners, timers=timers, config=full
+            self.log_dir / name,
+            name=name,
+            listeners=listeners,
+            timers=timers,
+            config=full,
+            env=env,
         )
         self._started.append(sbc)
         return sbc.start() if start else sbc

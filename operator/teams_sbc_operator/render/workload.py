@@ -1,5 +1,6 @@
 """The SBC pods and what they need: the ConfigMap with the SBC's config, the Deployment (the
-teams-sbc container and an rtpengine sidecar), the Service and the PodDisruptionBudget."""
+teams-sbc container and an rtpengine sidecar), the Service, the PodDisruptionBudget, and the
+SBC's ServiceAccount with a Role that lets it annotate its own Pod (teams_sbc.podstatus)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,51 @@ def config_map(trunk: Trunk, config_text: str) -> dict[str, Any]:
     }
 
 
+#: What the SBC may do with the API server: read and annotate the pods of its namespace (it
+#: writes its Microsoft proxies' state on its own Pod; render/reachability.py reads it). Kubernetes
+#: RBAC cannot narrow this to the pod's own name, which it does not know before it exists.
+SBC_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
+]
+
+
+def service_account(trunk: Trunk) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(trunk, sbc_name(trunk)),
+    }
+
+
+def role(trunk: Trunk) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": metadata(trunk, sbc_name(trunk)),
+        "rules": SBC_RULES,
+    }
+
+
+def role_binding(trunk: Trunk) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(trunk, sbc_name(trunk)),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": sbc_name(trunk),
+        },
+        "subjects": [
+            {"kind": "ServiceAccount", "name": sbc_name(trunk), "namespace": trunk.namespace}
+        ],
+    }
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
 def _carrier_protocols(trunk: Trunk) -> list[str]:
     return ["UDP"] if trunk.carrier.transport == "udp" else ["TCP"]
 
@@ -58,6 +104,11 @@ def deployment(trunk: Trunk, *, sbc_image: str, rtpengine_image: str) -> dict[st
         "name": "teams-sbc",
         "image": sbc.image or sbc_image,
         "args": ["run", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        # The pod it runs in, for the annotation with Microsoft's state (teams_sbc.podstatus).
+        "env": [
+            _field_env("POD_NAME", "metadata.name"),
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+        ],
         "ports": ports,
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
@@ -101,10 +152,11 @@ def deployment(trunk: Trunk, *, sbc_image: str, rtpengine_image: str) -> dict[st
             f"--port-min={trunk.media_port_min}",
             f"--port-max={trunk.media_port_max}",
         ],
-        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "env": [_field_env("POD_IP", "status.podIP")],
         "securityContext": {"allowPrivilegeEscalation": False},
     }
     pod_spec: dict[str, Any] = {
+        "serviceAccountName": sbc_name(trunk),
         "containers": [container, rtpengine],
         "terminationGracePeriodSeconds": PRESTOP_SECONDS + DRAIN_SECONDS + 5,
         "volumes": [
