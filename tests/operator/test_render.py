@@ -4,6 +4,7 @@ disagree about the format."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -215,3 +216,42 @@ def test_cert_manager_certificate() -> None:
                                       "group": "cert-manager.io"}  # fmt: skip
     long = trunk(fqdn="a" * 60 + ".sbc.test", certificate={"issuerRef": {"name": "le"}})
     assert "commonName" not in certificate.cert_manager_certificate(long)["spec"]
+
+
+def test_the_sbc_knows_its_pod_and_may_annotate_pods_only() -> None:
+    """teams_sbc.podstatus needs POD_NAME and POD_NAMESPACE (the downward API) and a Role that
+    lets its ServiceAccount get and patch pods in the trunk's namespace, nothing more."""
+    t = trunk()
+    spec = workload.deployment(t, sbc_image="s", rtpengine_image="r")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "sbc1-sbc"
+    sbc = next(c for c in spec["containers"] if c["name"] == "teams-sbc")
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in sbc["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    sa, role, binding = workload.service_account(t), workload.role(t), workload.role_binding(t)
+    assert sa["kind"] == "ServiceAccount" and sa["metadata"]["name"] == "sbc1-sbc"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sbc1-sbc",
+    }  # fmt: skip
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sbc1-sbc", "namespace": t.namespace}
+    ]
+    for obj in (sa, role, binding):
+        assert obj["metadata"]["namespace"] == t.namespace
+        assert obj["metadata"]["ownerReferences"][0]["kind"] == "TeamsTrunk"
+
+
+def test_the_operator_holds_every_verb_it_grants_the_sbc() -> None:
+    """RBAC lets a subject bind a Role only with verbs it holds itself (escalation check)."""
+    text = (Path(__file__).resolve().parents[2] / "helm/teams-sbc/templates/rbac.yaml").read_text()
+    # The ClusterRole's rules hold no template directives: the YAML between "rules:" and "---".
+    rules = yaml.safe_load("rules:" + text.split("\nrules:", 1)[1].split("\n---")[0])["rules"]
+    for granted in workload.SBC_RULES:
+        for resource in granted["resources"]:
+            held = {
+                v for r in rules if resource in r["resources"]
+                and set(granted["apiGroups"]) <= set(r["apiGroups"]) for v in r["verbs"]
+            }  # fmt: skip
+            assert set(granted["verbs"]) <= held, (resource, held)
+    kinds = {res for r in rules for res in r["resources"]}
+    assert {"serviceaccounts", "roles", "rolebindings"} <= kinds
