@@ -222,7 +222,7 @@ def _make_line(name: str, value: str) -> tuple[str, bytes]:
             _LINE_PREFIXES[name] = prefix
     if "\r" in value or "\n" in value:
         raise ValueError(f"header value may not contain CR or LF: {value!r}")
-    return prefix[0], prefix[1] + _encode(value.strip())
+    return prefix[0], prefix[1] + value.strip().encode("utf-8", "surrogateescape")
 
 
 class Header:
@@ -352,7 +352,9 @@ class Headers:
     def _changed(self, key: str) -> None:
         """A line called ``key`` changed: new version; drop what was parsed from ``key``."""
         self.version = next(_VERSIONS)
-        if key in _PARSED_FROM:
+        if key == "via":  # the proxy's own edits: Via on every message, Max-Forwards, Route...
+            self._top_via = self._vias = None
+        elif key in _PARSED_FROM:
             for attribute in _PARSED_FROM[key]:
                 setattr(self, attribute, None)
 
@@ -500,7 +502,13 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Make ``value`` the single line called ``name``."""
-        self.replace(name, value)
+        key, raw = _make_line(name, value)
+        keys = self._keys
+        if keys.count(key) == 1:  # one line for one, in place (Max-Forwards on every request)
+            self._raws[keys.index(key)] = raw
+            self._changed(key)
+        else:
+            self.replace(name, value)
 
     def remove_first_value(self, name: str) -> str | None:
         """Remove the topmost value of a list header and return it (None if there is none).
