@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import signal
 from typing import TYPE_CHECKING
 
 import uvloop
+from aiohttp import web
 
 from teams_sbc.config import SbcConfig
-from teams_sbc.health import HealthServer
+from teams_sbc.health import ExtraRoute, HealthServer
 from teams_sbc.logs import setup_logging
 from teams_sbc.media.commands import MediaResult
 from teams_sbc.media.driver import MediaDriver
@@ -29,6 +31,8 @@ from teams_sbc.media.metrics import MediaMetrics
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import Proxy
+from teams_sbc.teams.edge import TeamsProxy
+from teams_sbc.teams.wiring import allow_lists, sni_certificates
 from teams_sbc.transport import TransportLayer
 
 if TYPE_CHECKING:
@@ -46,7 +50,9 @@ class Sbc:
         # commands and feeds the results back (_media_done).
         self.media: MediaDriver | None = None
         media_metrics = MediaMetrics(self.metrics.registry) if config.media else None
-        self.core = Proxy(config, self.metrics, media_metrics=media_metrics)
+        # The Teams edge (docs/policies.md) is the core with the Teams rules on top.
+        core = TeamsProxy if config.teams else Proxy
+        self.core = core(config, self.metrics, media_metrics=media_metrics)
         if config.media is not None and media_metrics is not None:
             self.media = MediaDriver(
                 config.media, media_metrics, self._media_done, self._media_timeout
@@ -59,13 +65,18 @@ class Sbc:
             config.max_message_size,
             reuse_port=seat is not None,
             private_udp=seat.private_sockets() if seat is not None else None,
+            sni=sni_certificates(config),
+            allow=allow_lists(config),
         )
+        routes: list[ExtraRoute] = list(self.media.routes()) if self.media is not None else []
+        if isinstance(self.core, TeamsProxy):
+            routes.append(("GET", "/teams", self._teams_status))
         self.health = HealthServer(
             config.http.host,
             config.http.port,
             self.metrics,
             self.readiness,
-            routes=self.media.routes() if self.media is not None else (),
+            routes=routes,
             unix_path=seat.health_path if seat is not None else None,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,6 +102,7 @@ class Sbc:
             self._reloader = asyncio.get_running_loop().create_task(self._reload_tls())
         # Read at scrape time: 0 while draining, or while no rtpengine can anchor a call.
         self.metrics.ready.set_function(lambda: float(self.readiness()[0]))
+        self._flush()  # arm the core's first timer (the Teams edge's OPTIONS are due at once)
         log.info(
             "sbc started",
             extra={
@@ -109,6 +121,12 @@ class Sbc:
             await asyncio.sleep(self.config.tls_reload_seconds)
             for contexts in self.transports.tls.values():
                 contexts.reload_if_changed()
+
+    async def _teams_status(self, _request: web.Request) -> web.Response:
+        """/teams: the trunk and each Microsoft proxy's health, for the operator."""
+        assert isinstance(self.core, TeamsProxy) and self._loop is not None
+        body = json.dumps(self.core.teams_status(self._loop.time()), indent=1) + "\n"
+        return web.Response(text=body, content_type="application/json")
 
     def readiness(self) -> tuple[bool, list[str]]:
         reasons = self.core.not_ready_reasons()

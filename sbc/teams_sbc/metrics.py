@@ -114,6 +114,20 @@ class Metrics:
             "(RFC 3261 18.1.1).",
             registry=r,
         )
+        self.tls_handshake_failures = Counter(
+            "sbc_tls_handshake_failures",
+            "Inbound TLS handshakes that failed (no or untrusted client certificate, old "
+            "protocol, timeout), by listener.",
+            ["listener"],
+            registry=r,
+        )
+        self.source_refused = Counter(
+            "sbc_transport_source_refused",
+            "Connections closed before TLS because their source is not in the listener's "
+            "allow-list, by listener.",
+            ["listener"],
+            registry=r,
+        )
         self.ready = Gauge("sbc_ready", "1 when the SBC takes new calls.", registry=r)
 
     def observe_messages(

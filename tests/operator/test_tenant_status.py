@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from teams_sbc_operator.render import merge_conditions, tenant_fqdn, tenant_status
+from tests.operator.conftest import Operator
 from tests.testbed.kube import KubeCluster
-from tests.testbed.process import ManagedProcess, free_port, wait_until
+from tests.testbed.process import wait_until
 
 GROUP, VERSION = "sbc.teams-sbc.io", "v1alpha1"
 
@@ -52,35 +49,6 @@ def test_condition_keeps_its_transition_time_while_status_holds() -> None:
 # -- the operator process ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def operator(
-    kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path
-) -> Iterator[ManagedProcess]:
-    port = free_port()
-    proc = ManagedProcess(
-        "teams-sbc-operator",
-        [
-            sys.executable, "-m", "teams_sbc_operator.main",
-            "--namespace", kube_namespace,
-            "--liveness", f"http://127.0.0.1:{port}/healthz",
-        ],
-        tmp_path,
-        env={"KUBECONFIG": str(kube_cluster.kubeconfig)},
-    )  # fmt: skip
-
-    def live() -> bool:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as reply:
-            return bool(reply.status == 200)
-
-    try:
-        wait_until(live, 60, "the operator's liveness endpoint", proc)
-        yield proc
-    finally:
-        proc.stop()
-
-
 def _apply(cluster: KubeCluster, manifest: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
@@ -113,7 +81,7 @@ def _trunk(namespace: str) -> dict[str, Any]:
 
 
 def test_tenant_reports_missing_trunk_then_its_fqdn(
-    kube_cluster: KubeCluster, kube_namespace: str, operator: ManagedProcess
+    kube_cluster: KubeCluster, kube_namespace: str, operator: Operator
 ) -> None:
     _apply(kube_cluster, _tenant(kube_namespace))
 
@@ -121,14 +89,14 @@ def test_tenant_reports_missing_trunk_then_its_fqdn(
         conditions = _status(kube_cluster, kube_namespace, "contoso").get("conditions", [])
         return any(c["type"] == "TrunkFound" and c["status"] == "False" for c in conditions)
 
-    wait_until(trunk_missing_reported, 30, "TrunkFound=False on the tenant", operator)
+    wait_until(trunk_missing_reported, 30, "TrunkFound=False on the tenant", operator.proc)
 
     _apply(kube_cluster, _trunk(kube_namespace))
 
     def fqdn_reported() -> bool:
         return _status(kube_cluster, kube_namespace, "contoso").get("fqdn") is not None
 
-    wait_until(fqdn_reported, 40, "the tenant's FQDN in its status", operator)
+    wait_until(fqdn_reported, 40, "the tenant's FQDN in its status", operator.proc)
     status = _status(kube_cluster, kube_namespace, "contoso")
     assert status["fqdn"] == "contoso.sbc1.carrier.example"
     (found,) = [c for c in status["conditions"] if c["type"] == "TrunkFound"]

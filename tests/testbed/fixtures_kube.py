@@ -19,6 +19,9 @@ from tests.testbed.kube import KubeCluster, control_plane
 
 #: The project's CRDs, installed when the cluster starts (see :func:`control_plane` for why).
 CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "crds"
+#: Other projects' CRDs the operator writes objects of (cert-manager's Certificate), written for
+#: the test bed from their documented schemas; their controllers do not run here.
+TESTBED_CRD_DIR = Path(__file__).resolve().parent / "crds"
 KUBE_FIXTURES = {"kube_cluster", "kube_namespace", "helm_binary"}
 
 
@@ -43,9 +46,11 @@ def pytest_collection_modifyitems(session: pytest.Session, items: list[pytest.It
 
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
-    """A real control plane with the project's CRDs, for the whole session; stopped at its end."""
+    """A real control plane with the project's CRDs (and cert-manager's Certificate), for the whole
+    session; stopped at its end."""
     work_dir = tmp_path_factory.mktemp("kube")
-    with control_plane(work_dir, work_dir / "logs", crd_dirs=[CRD_DIR]) as cluster:
+    crd_dirs = [CRD_DIR, TESTBED_CRD_DIR]
+    with control_plane(work_dir, work_dir / "logs", crd_dirs=crd_dirs) as cluster:
         yield cluster
 
 

@@ -437,10 +437,13 @@ def main() -> None:
     """Run a control plane with the project's CRDs until Ctrl-C or SIGTERM, for poking at it by
     hand: ``uv run python -m tests.testbed.kube`` prints the ``KUBECONFIG`` to export."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    crd_dir = Path(__file__).resolve().parents[2] / "deploy" / "crds"
+    crd_dirs = [
+        Path(__file__).resolve().parents[2] / "deploy" / "crds",
+        Path(__file__).resolve().parent / "crds",  # cert-manager's Certificate, for the operator
+    ]
     with (
         tempfile.TemporaryDirectory(prefix="teams-sbc-kube-") as tmp,
-        control_plane(Path(tmp), Path(tmp) / "logs", crd_dirs=[crd_dir]) as cluster,
+        control_plane(Path(tmp), Path(tmp) / "logs", crd_dirs=crd_dirs) as cluster,
     ):
         print(f"export KUBECONFIG={cluster.kubeconfig}  # logs in {tmp}/logs", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -140,6 +140,7 @@ class _ServerCtx:
     listener: str
     rctx: _ResponseContext | None = None
     parked: Pending | None = None  # the INVITE waits for rtpengine's offer
+    edge: Any = None  # what a policy layer (teams.edge) keeps about this request
 
 
 @dataclass(slots=True)
@@ -150,6 +151,7 @@ class _ClientCtx:
     #: The server transaction it forwards for: an INVITE client that got a 2xx keeps sending
     #: further 2xx there (16.7 step 5, RFC 6026 7.2) after dropping the response context.
     server: Transaction[Message] | None = None
+    edge: Any = None  # what a policy layer (teams.edge) keeps about this branch
 
 
 @dataclass(slots=True)
@@ -531,6 +533,8 @@ class Proxy:
             if method == "OPTIONS" and isinstance(req.ruri, SipUri) and not req.ruri.user:
                 self._answer_options(txn, req, now)
                 return
+            if self._route_for_us(txn, req, out_local, max_forwards, loop_hash, now):
+                return
             hop = self._default_hop(ctx.listener)
             if hop is None:
                 self._reply(txn, req, 404, "Not Found (no route)", now)
@@ -584,6 +588,7 @@ class Proxy:
                 return
         in_local = self._locals[ctx.listener]
         fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash, token)
+        self._edit_forwarded(txn, fwd, in_local, local)
         # 18.1.1: a request over 1,300 bytes must not go over UDP; where the next hop takes TCP
         # (a TCP listener to send from, and the route allows it) it goes there instead. The
         # copy is prepared again, so Via and Record-Route name the listener it really leaves by.
@@ -593,8 +598,9 @@ class Proxy:
                 dest = Peer("tcp", dest.host, dest.port)
                 local = tcp_local
                 fwd, branch = self._prepare(req, in_local, local, max_forwards, loop_hash, token)
+                self._edit_forwarded(txn, fwd, in_local, local)
             else:
-                self.metrics.large_over_udp.inc()
+                self._large_over_udp(txn, fwd)
         rctx = ctx.rctx = _ResponseContext(txn, req.call_id)
         rctx.media = media
         client, actions = self.txns.send_request(
@@ -610,6 +616,31 @@ class Proxy:
         if req.method == "INVITE":
             self._start_timer_c(client, now)
         self._act(actions, now)
+
+    # -- where a policy layer hooks in (teams_sbc.teams.edge.TeamsProxy) ---------------------------
+
+    def _route_for_us(
+        self,
+        txn: Transaction[Message],
+        req: Request,
+        out_local: _Local | None,
+        max_forwards: int | None,
+        loop_hash: str,
+        now: float,
+    ) -> bool:
+        """A new request addressed to the SBC itself that it does not answer: True when a
+        policy routed or answered it; False leaves it to the configured routes."""
+        return False
+
+    def _edit_forwarded(
+        self, txn: Transaction[Message] | None, fwd: Request, in_local: _Local, local: _Local
+    ) -> None:
+        """The copy of a request about to leave by ``local`` (``txn`` None: a 2xx's ACK,
+        forwarded statelessly), after Max-Forwards, Record-Route and our Via."""
+
+    def _large_over_udp(self, txn: Transaction[Message], fwd: Request) -> None:
+        """A request over 1,300 bytes that must go over UDP all the same (18.1.1)."""
+        self.metrics.large_over_udp.inc()
 
     def _prepare(
         self,
@@ -840,6 +871,7 @@ class Proxy:
         headers.set("Max-Forwards", _next_max_forwards(max_forwards))
         branch = self._branch(ack, local, self._loop_hash(ack))
         headers.prepend("Via", local.via_prefix + branch)
+        self._edit_forwarded(None, ack, self._locals[listener], local)
         if self._media_on and self._park_ack_answer(ack, token, dest, local.name, now):
             return
         self.outbox.append(Outgoing(ack.to_bytes(), dest, local.name))

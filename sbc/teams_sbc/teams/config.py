@@ -154,8 +154,8 @@ class Policy(_Model):
     )
     busy_cause_17: bool = Field(
         default=True,
-        description="Towards the carrier, give a 486 from Teams `Reason: Q.850;cause=17` "
-        "(user busy) when it has no Q.850 reason.",
+        description="Towards the carrier, a 486 from Teams carries Q.850 cause 17 (user busy): "
+        "Teams' own Q.850 cause replaced, or `Reason: Q.850;cause=17` added.",
     )
     identify: bool = Field(
         default=True,
@@ -170,8 +170,13 @@ class Policy(_Model):
     trim_large_sdp: bool = Field(
         default=True,
         description="When a message from Teams is over 1,300 bytes and the carrier takes only "
-        "UDP, drop ICE candidates and the codecs the carrier did not offer before sending; "
+        "UDP, drop ICE candidates and the codecs not in `carrier_codecs` before sending; "
         "false sends it whole (the network may fragment it).",
+    )
+    carrier_codecs: list[str] = Field(
+        default=["PCMU", "PCMA", "G722", "G729", "telephone-event", "CN"],
+        description="Codecs (SDP encoding names) the carrier takes: what `trim_large_sdp` "
+        "keeps of Teams' offer (SILK and the rest go).",
     )
 
 
@@ -227,6 +232,14 @@ class Tenant(_Model):
         description="SIP URI of this tenant's own carrier next hop (a PBX per tenant); default: "
         "`carrier.next_hop`.",
     )
+    cert_file: str | None = Field(
+        default=None,
+        description="PEM chain of a certificate of the tenant's own, given to TLS clients that "
+        "ask for the tenant's FQDN by SNI. Default: the Teams listener's (a wildcard for "
+        "`*.<base fqdn>`, as Microsoft's carrier model expects). Connections the SBC opens to "
+        "Microsoft always present the listener's certificate.",
+    )
+    key_file: str | None = Field(default=None, description="The key of `cert_file`.")
 
     @field_validator("name")
     @classmethod
@@ -265,6 +278,8 @@ class Tenant(_Model):
     def _one_name(self) -> Tenant:
         if self.label is not None and self.fqdn is not None:
             raise ValueError("set label or fqdn, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
         return self
 
     def fqdn_under(self, base: str) -> str:

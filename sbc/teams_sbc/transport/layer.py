@@ -20,7 +20,7 @@ from teams_sbc.config import Listener
 from teams_sbc.metrics import Metrics
 from teams_sbc.sip.framing import FramingError, KeepAlivePing, StreamFramer
 from teams_sbc.sip.peer import Outgoing, Peer
-from teams_sbc.transport.tls import TlsContexts
+from teams_sbc.transport.tls import CertPair, TlsContexts, TlsServerProtocol
 
 log = logging.getLogger("teams_sbc.transport")
 
@@ -29,6 +29,8 @@ log = logging.getLogger("teams_sbc.transport")
 MessageHandler = Callable[[bytes, Peer, str], None]
 #: Called with what could not be sent.
 FailureHandler = Callable[[Outgoing], None]
+#: Whether a source address may connect to a listener (checked before any TLS).
+SourceCheck = Callable[[str], bool]
 
 
 #: Source addresses whose Peer a UDP listener keeps for reuse (see _Datagram.datagram_received).
@@ -77,6 +79,8 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.ready = asyncio.get_running_loop().create_future()
+        #: Other keys this outbound connection is known by (a TLS next hop by its name).
+        self.aliases: list[tuple[str, str, int]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -125,6 +129,8 @@ class TransportLayer:
         *,
         reuse_port: bool = False,
         private_udp: Mapping[str, socket.socket] | None = None,
+        sni: dict[str, dict[str, tuple[str, str]]] | None = None,
+        allow: dict[str, SourceCheck] | None = None,
     ) -> None:
         self.listeners = {listener.name: listener for listener in listeners}
         self.on_message = on_message
@@ -133,10 +139,15 @@ class TransportLayer:
         self.max_size = max_size
         self.connect_timeout = connect_timeout
         self.tls: dict[str, TlsContexts] = {
-            lis.name: TlsContexts(lis.tls) for lis in listeners if lis.tls is not None
+            lis.name: TlsContexts(
+                lis.tls, {n: CertPair(*files) for n, files in (sni or {}).get(lis.name, {}).items()}
+            )
+            for lis in listeners
+            if lis.tls is not None
         }
         self.reuse_port = reuse_port
         self._private_socks = dict(private_udp or {})
+        self.allow = allow or {}
         self._udp: dict[str, _Datagram] = {}
         #: Where a UDP request leaves, by listener: its private socket if it has one.
         self._udp_requests: dict[str, _Datagram] = {}
@@ -174,17 +185,43 @@ class TransportLayer:
                     self.via_ports[listener.name] = int(private.getsockname()[1])
             else:
                 tls = self.tls.get(listener.name)
+                stream = functools.partial(_Stream, self, listener, listener.transport)
+                factory: Callable[[], asyncio.Protocol] = stream
+                if tls is not None:
+                    factory = functools.partial(self._tls_server, tls, listener, stream)
                 server = await loop.create_server(
-                    functools.partial(_Stream, self, listener, listener.transport),
+                    factory,
                     listener.host,
                     listener.port,
                     reuse_address=True,
                     reuse_port=self.reuse_port or None,
-                    ssl=tls.server if tls else None,
-                    ssl_handshake_timeout=self.connect_timeout if tls else None,
                 )
                 self._servers.append(server)
                 self.bound[listener.name] = server.sockets[0].getsockname()[:2]
+
+    def _tls_server(
+        self, tls: TlsContexts, listener: Listener, stream: Callable[[], asyncio.Protocol]
+    ) -> TlsServerProtocol:
+        """TLS on our own terms (transport.tls): the source allow-list first, then the
+        handshake, and Microsoft's client certificates without the clientAuth purpose."""
+        name = listener.name
+
+        def refused(host: str) -> None:
+            self.metrics.source_refused.labels(listener=name).inc()
+            log.info("connection refused by the source allow-list",
+                     extra={"listener": name, "peer": host})  # fmt: skip
+
+        def failed(_peer: str, _reason: str) -> None:
+            self.metrics.tls_handshake_failures.labels(listener=name).inc()
+
+        return TlsServerProtocol(
+            tls,
+            stream,
+            handshake_timeout=self.connect_timeout,
+            allow=self.allow.get(name),
+            on_refused=refused,
+            on_handshake_failed=failed,
+        )
 
     def stop_listening(self) -> None:
         """Close listening sockets for streams (drain); UDP stays for in-flight transactions."""
@@ -214,8 +251,9 @@ class TransportLayer:
         if conn.peer is None:
             return
         key = (conn.kind, conn.peer.host, conn.peer.port)
-        if self._conns.get(key) is conn:
-            del self._conns[key]
+        for known in (key, *conn.aliases):
+            if self._conns.get(known) is conn:
+                del self._conns[known]
         self.metrics.connections.labels(transport=conn.kind).dec()
 
     def connection_count(self, kind: str) -> int:
@@ -256,6 +294,14 @@ class TransportLayer:
         except (TimeoutError, OSError) as exc:
             self._send_failed(out, f"connect failed: {exc or type(exc).__name__}")
             return
+        if (
+            key not in self._conns
+            and conn.transport is not None
+            and not conn.transport.is_closing()
+        ):
+            # Reached by name (a TLS next hop): later messages to the name reuse it.
+            self._conns[key] = conn
+            conn.aliases.append(key)
         conn.send(out.data)
 
     async def _connect(
