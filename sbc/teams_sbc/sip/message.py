@@ -405,6 +405,15 @@ class Headers:
             return [_value_of(self._raws[keys.index(key)])]
         return [_value_of(r) for k, r in zip(keys, self._raws, strict=True) if k == key]
 
+    def mentions(self, name: str, text: bytes) -> bool:
+        """Whether a line called ``name`` contains ``text`` anywhere (its name included): a
+        quick test on the raw bytes before parsing values, e.g. for our branch in any Via."""
+        key = _KEYS.get(name) or canonical_key(name)
+        keys = self._keys
+        if keys.count(key) == 1:  # the usual single line: no loop in Python
+            return self._raws[keys.index(key)].find(text) >= 0
+        return any(k == key and r.find(text) >= 0 for k, r in zip(keys, self._raws, strict=True))
+
     def header_lines(self, name: str) -> list[Header]:
         """Every header line called ``name`` (raw bytes included), in order."""
         key = _KEYS.get(name) or canonical_key(name)
