@@ -1310,8 +1310,7 @@ class TransactionTable(Generic[M]):
         live.heap_at = at
         live.heap_seq = seq = next(self._seq)
         heapq.heappush(self._heap, (at, seq, txn))
-        if at < self._earliest:
-            self._earliest = at
+        self._earliest = min(self._earliest, at)
 
     def _drop_live(self, txn: Transaction[M]) -> None:
         """The transaction no longer needs its live part; its heap entry, if any, is dead."""
@@ -1342,8 +1341,7 @@ class TransactionTable(Generic[M]):
             txn._since = now
             queue.txns.append(txn)
             at = now + queue.duration
-            if at < self._earliest:
-                self._earliest = at
+            self._earliest = min(self._earliest, at)
 
     def _terminate(self, txn: Transaction[M], out: list[Action[M]]) -> None:
         kind = txn._phase.kind
