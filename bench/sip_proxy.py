@@ -2,6 +2,7 @@
 
     uv run python bench/sip_proxy.py --seconds 5
     uv run python bench/sip_proxy.py --only memory    # the memory trial alone, ~1 min
+    uv run python bench/sip_proxy.py --only cpu       # CPU per call, K S K S, ~1 min
 
 Measures, alternating the peers trial by trial (this machine's speed swings 2-3x within
 minutes, so only figures taken side by side compare):
@@ -107,6 +108,8 @@ class ProcSample:
     cpu_s: float
     rss_bytes: int
     pids: tuple[int, ...]
+    #: The system (kernel) part of ``cpu_s``: mostly the sockets' system calls.
+    sys_s: float = 0.0
 
 
 def group_sample(pgid: int) -> ProcSample:
@@ -129,12 +132,13 @@ def group_sample(pgid: int) -> ProcSample:
         more = {pid for pid, (ppid, _, _) in stats.items() if ppid in members} - members
         members |= more
         grown = bool(more)
-    cpu = rss = 0
+    cpu = system = rss = 0
     for pid in members:
         fields = stats[pid][2]
         cpu += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+        system += int(fields[12])
         rss += int(fields[21]) * PAGE
-    return ProcSample(cpu / TICK, rss, tuple(sorted(members)))
+    return ProcSample(cpu / TICK, rss, tuple(sorted(members)), system / TICK)
 
 
 def allowed_cpus(pids: tuple[int, ...]) -> set[str]:
@@ -597,8 +601,10 @@ class Bench:
         )
         cpu_us = None  # calls still held open at the memory trial's end make it meaningless
         if before is not None and proxy.pgid is not None and result.successful and not memory:
-            used = group_sample(proxy.pgid).cpu_s - before.cpu_s
-            cpu_us = used / result.successful * 1e6
+            after = group_sample(proxy.pgid)
+            cpu_us = (after.cpu_s - before.cpu_s) / result.successful * 1e6
+            system_us = (after.sys_s - before.sys_s) / result.successful * 1e6
+            extra["sys_us_per_call"] = round(system_us, 1)
         if sampler is not None:
             extra.update(sampler.summary(result.max_concurrent))
             extra["transactions_at_end"] = live_transactions(proxy)
@@ -879,13 +885,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if args.only == "memory":
         return run_memory_only(args, bench, root, git, started_at, load_at_start)
+    if args.only == "cpu":
+        return run_cpu_only(args, bench, root, git, started_at, load_at_start)
     log("== search: highest rate with < 0.5% failed calls (peers alternate) ==")
     best = search_all(bench, PEERS)
     sbc_cps = best["sbc"]
     half = round_rate(max(10, sbc_cps / 2))
     cpu_rate = args.cpu_rate if sbc_cps >= 2 * args.cpu_rate else half
     log(f"== CPU per call at {cpu_rate} calls/s (K S K S) ==")
-    cpu = fixed_rate_cpu(bench, cpu_rate, 1 if args.quick else 2)
+    cpu = fixed_rate_cpu(bench, cpu_rate, args.repeats)
     log(f"== INVITE->200 response time at {half} calls/s (50% of the SBC's maximum) ==")
     rtt = latency(bench, half, ("sbc",) if args.quick else ("ceiling", "kamailio", "sbc"))
     mem_rate = min(args.memory_rate, half)
@@ -954,6 +962,42 @@ def run_memory_only(
     }
 
 
+def run_cpu_only(
+    args: argparse.Namespace,
+    bench: Bench,
+    root: Path,
+    git: str,
+    started_at: str,
+    load_at_start: list[float],
+) -> dict[str, Any]:
+    """``--only cpu``: the CPU-per-call trials alone, K S K S at ``--cpu-rate`` (no search:
+    pick a rate both proxies sustain, 1,000/s by default); ``--repeats`` pairs."""
+    log(f"== CPU per call only: {args.cpu_rate} calls/s, {args.repeats} x (K S) ==")
+    cpu = fixed_rate_cpu(bench, args.cpu_rate, args.repeats)
+    if not args.keep_logs:
+        shutil.rmtree(root / "sbc-snapshot", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()
+    sbc, kamailio = cpu["sbc"], cpu["kamailio"]
+    return {
+        "only": "cpu",
+        "sbc_cpu_us_per_call": sbc,
+        "kamailio_cpu_us_per_call": kamailio,
+        # Kamailio's CPU per call over the SBC's: the issue's ratio, seen from the CPU side.
+        "cpu_ratio_to_kamailio": round(kamailio / sbc, 3) if sbc and kamailio else None,
+        "cpu_rate": args.cpu_rate,
+        "seconds": args.seconds,
+        "proxy_cpus": args.proxy_cpus,
+        "sipp_cpus": args.sipp_cpus,
+        "workers": args.workers,
+        "date": started_at,
+        "git": git,
+        "loadavg_at_start": load_at_start,
+        "elapsed_s": round(bench.elapsed()),
+        "trials": [asdict(t) for t in bench.trials],
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=10.0, help="length of each trial's load")
@@ -995,9 +1039,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hold-ms", type=int, default=10000, help="call hold time, memory trial")
     p.add_argument(
         "--only",
-        choices=("memory",),
+        choices=("memory", "cpu"),
         default=None,
-        help="run one part alone: `memory` is the memory trial at --memory-rate (about 1 min)",
+        help="run one part alone: `memory` is the memory trial at --memory-rate (about 1 min); "
+        "`cpu` the CPU-per-call trials at --cpu-rate, K S K S (--repeats pairs)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="K S pairs of CPU-per-call trials (default 2, 1 with --quick)",
     )
     p.add_argument("--workdir", default=None, help="where trial logs go (default: a temp dir)")
     p.add_argument("--keep-logs", action="store_true", help="keep each trial's logs")
@@ -1006,6 +1057,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.uac_sources = 1 if args.workers == 1 else 2 * args.workers
     if args.quick:
         args.precision = max(args.precision, 0.2)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 2
     return args
 
 
@@ -1016,7 +1069,13 @@ def main(argv: list[str] | None = None) -> int:
     except PartFailed as exc:
         log(f"a part of the benchmark failed:\n{exc}")
         return 1
-    if args.only == "memory":
+    if args.only == "cpu":
+        log(
+            f"done in {result['elapsed_s']}s: sbc {result['sbc_cpu_us_per_call']} us/call, "
+            f"kamailio {result['kamailio_cpu_us_per_call']} us/call "
+            f"(ratio {result['cpu_ratio_to_kamailio']})"
+        )
+    elif args.only == "memory":
         mem = result["memory"]
         log(
             f"done in {result['elapsed_s']}s: {result['sbc_rss_mb_per_1k_calls']} MB per 1k "

@@ -447,3 +447,8 @@ def test_call_to_teams_with_rtp_through_rtpengine_both_ways(
     # through the carrier's echo.
     assert record.media.decrypted > 0 and record.media.auth_failures == 0
     assert record.media.payload_ok > 0
+    # Teams forks (the 183 and the 200 come with different To-tags): after the 200 the
+    # answering fork still gets the carrier's audio and its own comes back, not just the
+    # early-media packets (docs/media.md, "Forked answers").
+    assert record.media.payload_ok >= 0.8 * record.media.sent, record.media
+    assert record.media.payload_other > 0, record.media  # the carrier's own RTP, decrypted

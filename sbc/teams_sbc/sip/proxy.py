@@ -73,6 +73,7 @@ log = logging.getLogger("teams_sbc.proxy")
 MAGIC = "z9hG4bK"
 #: Our branches start with this, so a Via of ours is recognisable in loop detection.
 BRANCH_PREFIX = MAGIC + "ts"
+_BRANCH_PREFIX_BYTES = BRANCH_PREFIX.encode()
 #: RFC 3261 16.6 step 11: timer C, how long a forwarded INVITE may go without a final response
 #: once it rings ("MUST be greater than 3 minutes").
 TIMER_C = 185.0
@@ -503,7 +504,7 @@ class Proxy:
             return
         # 16.3 step 4: loop detection.
         loop_hash = self._loop_hash(req)
-        vias = req.vias if any(BRANCH_PREFIX in v for v in req.headers.get_all("via")) else ()
+        vias = req.vias if req.headers.mentions("via", _BRANCH_PREFIX_BYTES) else ()
         for via in vias:
             if (
                 via.branch
@@ -786,9 +787,10 @@ class Proxy:
         Derived from the incoming branch, so a retransmitted request (or an ACK for a 2xx,
         forwarded statelessly) gets the same branch again.
         """
-        top = req.top_via.branch
+        top_via = req.top_via
+        top = top_via.branch
         if top and top.startswith(MAGIC):
-            seed = f"{top}|{req.top_via.sent_by}|{req.method == 'ACK'}|{local.name}"
+            seed = f"{top}|{top_via.sent_by}|{req.method == 'ACK'}|{local.name}"
             unique = _digest(seed, 8)
         else:
             unique = self.token(8)
@@ -896,11 +898,12 @@ class Proxy:
                 self.outbox.append(Outgoing(resp.to_bytes(), sibling, local.name))
                 return
         self._received[status // 100] += 1
-        if not (top.branch or "").startswith(BRANCH_PREFIX) or local is None:
+        branch = top.branch or ""
+        if not branch.startswith(BRANCH_PREFIX) or local is None:
             log.info("response not for us dropped", extra={"call_id": resp.call_id})
             return
         actions = self.txns.receive_response(
-            resp, status=status, method=resp.cseq.method, branch=top.branch or "", now=now
+            resp, status=status, method=resp.cseq.method, branch=branch, now=now
         )
         self._act(actions, now)
 

@@ -1013,6 +1013,9 @@ class TransactionTable(Generic[M]):
         self._heap: list[tuple[float, int, Transaction[M]]] = []
         self._seq = itertools.count()
         self._dead = 0
+        #: No live deadline is earlier than this (see next_deadline): every timer set lowers
+        #: it, advance() makes it exact again.
+        self._earliest = INF
 
     # ---- client side (RFC 3261 17.1) -----------------------------------------------------
 
@@ -1140,7 +1143,18 @@ class TransactionTable(Generic[M]):
         return out
 
     def next_deadline(self) -> float | None:
-        """When :meth:`advance` has work next (possibly early, never late); None: no timers."""
+        """When :meth:`advance` has work next (possibly early, never late); None: no timers.
+
+        Cheap, for a driver that asks after every message: no deadline is looked up here. It
+        is the exact one :meth:`advance` worked out last, lowered by every timer set since.
+        A timer stopped since (the usual INVITE, answered well before timer A) leaves it early:
+        the driver's wake-up then finds nothing due, and advance works out the exact one again.
+        """
+        at = self._earliest
+        return None if at == INF else at
+
+    def _exact_deadline(self) -> float:
+        """The earliest live deadline (INF: none), dropping what can no longer fire on the way."""
         heap = self._heap
         while heap and not _heap_entry_live(heap[0]):
             heapq.heappop(heap)  # dead entries at the top would wake the loop for nothing
@@ -1152,7 +1166,7 @@ class TransactionTable(Generic[M]):
                 waiting.popleft()  # ended early (transport error): nothing to fire
             if waiting:
                 deadline = min(deadline, waiting[0]._since + queue.duration)
-        return None if deadline == INF else deadline
+        return deadline
 
     def advance(self, now: float) -> list[Action[M]]:
         """Fire every timer due at ``now``, in deadline order."""
@@ -1171,6 +1185,7 @@ class TransactionTable(Generic[M]):
                         at = head
                         source = queue
             if at > now:
+                self._earliest = self._exact_deadline()
                 return out
             if source is None:
                 _, seq, txn = heapq.heappop(heap)
@@ -1295,6 +1310,7 @@ class TransactionTable(Generic[M]):
         live.heap_at = at
         live.heap_seq = seq = next(self._seq)
         heapq.heappush(self._heap, (at, seq, txn))
+        self._earliest = min(self._earliest, at)
 
     def _drop_live(self, txn: Transaction[M]) -> None:
         """The transaction no longer needs its live part; its heap entry, if any, is dead."""
@@ -1324,6 +1340,8 @@ class TransactionTable(Generic[M]):
         else:
             txn._since = now
             queue.txns.append(txn)
+            at = now + queue.duration
+            self._earliest = min(self._earliest, at)
 
     def _terminate(self, txn: Transaction[M], out: list[Action[M]]) -> None:
         kind = txn._phase.kind
