@@ -148,7 +148,8 @@ class ManagedProcess:
         return self.popen.poll() is None
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # still running; a stopped process's log is closed and complete
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def log_tail(self, lines: int = 60) -> str:
