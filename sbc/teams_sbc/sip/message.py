@@ -268,16 +268,6 @@ class Header:
         return hash((self.key, self.raw))
 
 
-# What the message accessors keep parsed on :class:`Headers`, by the header it is parsed
-# from: a change to that header drops it, a change to another header keeps it.
-_PARSED_FROM: Final[dict[str, tuple[str, ...]]] = {
-    "via": ("_top_via", "_vias"),
-    "call-id": ("_call_id",),
-    "cseq": ("_cseq",),
-    "from": ("_from",),
-    "to": ("_to",),
-}
-
 # Header versions are unique across all Headers objects, so a message's cached bytes can never
 # be mistaken for those of another Headers object assigned to it.
 _VERSIONS: Final = itertools.count(1)
@@ -314,25 +304,30 @@ class Headers:
     _from: NameAddr | None
     _to: NameAddr | None
 
-    def __init__(self, items: Iterable[Header | tuple[str, str]] = ()) -> None:
-        self._keys: list[str] = []
-        self._raws: list[bytes] = []
+    def __init__(
+        self,
+        items: Iterable[Header | tuple[str, str]] = (),
+        *,
+        _lines: tuple[list[str], list[bytes]] | None = None,
+    ) -> None:
+        # ``_lines`` (the parser's and copy's way in): keys and raw lines, taken as they are.
+        # A keyword rather than a construction bypassing __init__, which mypyc cannot compile.
+        if _lines is None:
+            keys: list[str] = []
+            raws: list[bytes] = []
+            for item in items:
+                key, raw = (item.key, item.raw) if isinstance(item, Header) else _make_line(*item)
+                keys.append(key)
+                raws.append(raw)
+            self._keys, self._raws = keys, raws
+        else:
+            self._keys, self._raws = _lines
         self._call_id = self._cseq = self._top_via = self._vias = self._from = self._to = None
         self.version = next(_VERSIONS)
-        for item in items:
-            key, raw = (item.key, item.raw) if isinstance(item, Header) else _make_line(*item)
-            self._keys.append(key)
-            self._raws.append(raw)
 
     @classmethod
     def _from_lists(cls, keys: list[str], raws: list[bytes]) -> Headers:
-        headers = cls.__new__(cls)
-        headers._keys = keys
-        headers._raws = raws
-        headers._call_id = headers._cseq = headers._top_via = None
-        headers._vias = headers._from = headers._to = None
-        headers.version = next(_VERSIONS)
-        return headers
+        return cls(_lines=(keys, raws))
 
     def copy(self) -> Headers:
         """An independent copy (the lines are shared bytes; lists are new).
@@ -340,9 +335,7 @@ class Headers:
         It keeps the version and the parsed values: same version, same lines, so what was
         serialised or parsed for the original is valid for the copy until either changes.
         """
-        new = Headers.__new__(Headers)
-        new._keys = self._keys.copy()
-        new._raws = self._raws.copy()
+        new = Headers(_lines=(self._keys.copy(), self._raws.copy()))
         new._call_id, new._cseq, new._top_via = self._call_id, self._cseq, self._top_via
         new._vias = None if self._vias is None else self._vias.copy()
         new._from, new._to = self._from, self._to
@@ -354,9 +347,14 @@ class Headers:
         self.version = next(_VERSIONS)
         if key == "via":  # the proxy's own edits: Via on every message, Max-Forwards, Route...
             self._top_via = self._vias = None
-        elif key in _PARSED_FROM:
-            for attribute in _PARSED_FROM[key]:
-                setattr(self, attribute, None)
+        elif key == "call-id":
+            self._call_id = None
+        elif key == "cseq":
+            self._cseq = None
+        elif key == "from":
+            self._from = None
+        elif key == "to":
+            self._to = None
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -637,7 +635,8 @@ class Message:
         self._raw_version = self.headers.version
         return out
 
-    __bytes__ = to_bytes
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
 
     def _fix_content_length(self) -> None:
         """RFC 3261 20.14 / 18.3: make Content-Length present and equal to the body length."""
@@ -773,15 +772,22 @@ class Request(Message):
         headers: Headers | Iterable[Header | tuple[str, str]] = (),
         body: bytes = b"",
         version: str = SIP_VERSION,
+        *,
+        _checked: bool = False,
     ) -> None:
-        if not is_token(method):
+        # ``_checked``: the parser and copy() pass parts they know are valid.
+        if not _checked and not is_token(method):
             raise ValueError(f"bad method {method!r}")
         self._init_common(
             headers if isinstance(headers, Headers) else Headers(headers), body, version
         )
         self._method = method
-        self._uri = _check_uri_text(str(uri))
-        self._ruri: Uri | None = None if isinstance(uri, str) else uri
+        if isinstance(uri, str):
+            self._uri = uri if _checked else _check_uri_text(uri)
+            self._ruri: Uri | None = None
+        else:
+            self._uri = _check_uri_text(str(uri))
+            self._ruri = uri
 
     @property
     def method(self) -> str:
@@ -821,11 +827,11 @@ class Request(Message):
 
     def copy(self) -> Request:
         """An independent copy, e.g. the one a proxy forwards (RFC 3261 16.6 step 1)."""
-        new = Request.__new__(Request)
-        new.headers = self.headers.copy()
-        new._body, new._version, new._start = self._body, self._version, self._start
-        new._raw, new._raw_version = self._raw, self._raw_version
-        new._method, new._uri, new._ruri = self._method, self._uri, self._ruri
+        new = Request(
+            self._method, self._uri, self.headers.copy(), self._body, self._version, _checked=True
+        )
+        new._start, new._raw, new._raw_version = self._start, self._raw, self._raw_version
+        new._ruri = self._ruri
         return new
 
     def __repr__(self) -> str:
@@ -844,14 +850,19 @@ class Response(Message):
         headers: Headers | Iterable[Header | tuple[str, str]] = (),
         body: bytes = b"",
         version: str = SIP_VERSION,
+        *,
+        _checked: bool = False,
     ) -> None:
+        # ``_checked``: the parser and copy() pass parts they know are valid.
         if not 100 <= status <= 699:
             raise ValueError(f"bad status code {status}")
         self._init_common(
             headers if isinstance(headers, Headers) else Headers(headers), body, version
         )
         self._status = status
-        self._reason = _check_reason(REASON_PHRASES.get(status, "") if reason is None else reason)
+        if reason is None:
+            reason = REASON_PHRASES.get(status, "")
+        self._reason = reason if _checked else _check_reason(reason)
 
     @property
     def status(self) -> int:
@@ -877,11 +888,11 @@ class Response(Message):
         return _encode(f"{self._version} {self._status} {self._reason}")
 
     def copy(self) -> Response:
-        new = Response.__new__(Response)
-        new.headers = self.headers.copy()
-        new._body, new._version, new._start = self._body, self._version, self._start
-        new._raw, new._raw_version = self._raw, self._raw_version
-        new._status, new._reason = self._status, self._reason
+        new = Response(
+            self._status, self._reason, self.headers.copy(), self._body, self._version,
+            _checked=True,
+        )
+        new._start, new._raw, new._raw_version = self._start, self._raw, self._raw_version
         return new
 
     def __repr__(self) -> str:
@@ -908,7 +919,7 @@ _SAFETY_NET = True
 
 
 def parse_message(
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     *,
     max_size: int = DEFAULT_MAX_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
@@ -924,10 +935,10 @@ def parse_message(
     lines (continuation lines count), ``max_line`` bytes in one header field.
     """
     try:
-        if type(data) is not bytes:  # a bytearray or memoryview from a transport
-            data = bytes(data)
-        usual = _parse_usual(data, max_size, max_headers, max_line)
-        return _parse(data, max_size, max_headers, max_line) if usual is None else usual
+        # A bytearray or memoryview from a transport becomes bytes.
+        raw = data if isinstance(data, bytes) else bytes(data)
+        usual = _parse_usual(raw, max_size, max_headers, max_line)
+        return _parse(raw, max_size, max_headers, max_line) if usual is None else usual
     except SipParseError:
         raise
     except Exception as exc:
@@ -1079,27 +1090,16 @@ def _parse_usual(
             body = body[:length]  # extra bytes after the body are discarded
             whole = data[: body_start + length]
 
-    headers = Headers.__new__(Headers)
-    headers._keys = list(keys)
-    headers._raws = lines
+    headers = Headers(_lines=(list(keys), lines))
     headers._call_id = call_id
-    headers._cseq = tuple.__new__(CSeq, (int(number), cseq_method_name))
+    headers._cseq = CSeq(int(number), cseq_method_name)
     headers._top_via = top_via
-    headers._vias = headers._from = headers._to = None
-    headers.version = next(_VERSIONS)
     message: Request | Response
     if method is None:
-        message = Response.__new__(Response)
-        message._status = int(code)
-        message._reason = start[12:].decode("utf-8", "surrogateescape")
+        reason = start[12:].decode("utf-8", "surrogateescape")
+        message = Response(int(code), reason, headers, body, SIP_VERSION, _checked=True)
     else:
-        message = Request.__new__(Request)
-        message._method = method
-        message._uri = uri
-        message._ruri = None
-    message.headers = headers
-    message._body = body
-    message._version = SIP_VERSION
+        message = Request(method, uri, headers, body, SIP_VERSION, _checked=True)
     message._start = start
     message._raw = whole
     message._raw_version = headers.version
@@ -1249,22 +1249,13 @@ def _finish_request(
         # A recognisable method makes it a request worth answering (with what parsed).
         err.is_request = True if method != "?" else None
         if err.is_request:
-            partial = Request.__new__(Request)
-            partial._init_common(headers, b"", version)
-            partial._method, partial._uri, partial._ruri = method, uri, None
-            err.partial = partial
+            err.partial = Request(method, uri, headers, b"", version, _checked=True)
         raise err
 
-    request = Request.__new__(Request)
-    request.headers = headers
-    request._body = body
-    request._version = version
+    request = Request(method, uri, headers, body, version, _checked=True)
     request._start = start
     request._raw = raw
     request._raw_version = headers.version
-    request._method = method
-    request._uri = uri
-    request._ruri = None
     return request
 
 
@@ -1326,15 +1317,12 @@ def _finish_response(
         err.is_request = False
         raise err
 
-    response = Response.__new__(Response)
-    response.headers = headers
-    response._body = body
-    response._version = parts[0].decode("ascii")
+    reason = parts[2].decode("utf-8", "surrogateescape") if len(parts) > 2 else ""
+    version = parts[0].decode("ascii")
+    response = Response(int(code), reason, headers, body, version, _checked=True)
     response._start = start
     response._raw = raw
     response._raw_version = headers.version
-    response._status = int(code)
-    response._reason = parts[2].decode("utf-8", "surrogateescape") if len(parts) > 2 else ""
     return response
 
 

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeAlias, TypeVar
 
 M = TypeVar("M")
 
@@ -609,65 +609,108 @@ class _Live(Generic[M]):
         self.cancel_noted = False
         self.cancel_sent = False
 
+    def take_retx(self) -> Timer:
+        """The retransmission timer that fired, its slot now empty (its deadline kept).
 
-@dataclass(slots=True, eq=False)
-class Send(Generic[M]):
+        A method rather than ``live.retx = None`` in the caller: there mypy would take
+        ``live.retx`` to stay None across the step that may re-arm it, and mypyc checks that.
+        """
+        timer = self.retx
+        assert timer is not None
+        self.retx = None
+        return timer
+
+
+# The actions are plain classes with __slots__ rather than dataclasses: mypyc cannot compile
+# a generic dataclass (see docs/performance.md).
+class _Action:
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()  # for __repr__
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({fields})"
+
+
+class Send(_Action, Generic[M]):
     """Pass ``message`` to the transport for this transaction (to ``txn.context``'s peer).
 
     ``retransmission`` is True when the transaction itself repeats a message (timers A, E, G,
     or answering a retransmitted request), so metrics can count retransmissions.
     """
 
-    txn: Transaction[M]
-    message: M | bytes  # bytes: a waiting transaction's repeat, as the TU's serialise made it
-    retransmission: bool
+    __slots__ = ("message", "retransmission", "txn")
+    _fields = ("message", "retransmission", "txn")
+
+    def __init__(self, txn: Transaction[M], message: M | bytes, retransmission: bool) -> None:
+        self.txn = txn
+        self.message = message  # bytes: a waiting transaction's repeat, as serialise made it
+        self.retransmission = retransmission
 
 
-@dataclass(slots=True, eq=False)
-class PassUp(Generic[M]):
+class PassUp(_Action, Generic[M]):
     """Give ``message`` to the TU: a new request, a response, or an ACK in Accepted."""
 
-    txn: Transaction[M]
-    message: M
+    __slots__ = ("message", "txn")
+    _fields = ("message", "txn")
+
+    def __init__(self, txn: Transaction[M], message: M) -> None:
+        self.txn = txn
+        self.message = message
 
 
-@dataclass(slots=True, eq=False)
-class SendCancel(Generic[M]):
+class SendCancel(_Action, Generic[M]):
     """The TU must now send a CANCEL for ``txn.request`` as its own transaction (RFC 3261 9.1)."""
 
-    txn: Transaction[M]
+    __slots__ = ("txn",)
+    _fields = ("txn",)
+
+    def __init__(self, txn: Transaction[M]) -> None:
+        self.txn = txn
 
 
-@dataclass(slots=True, eq=False)
-class TimedOut(Generic[M]):
+class TimedOut(_Action, Generic[M]):
     """The transaction failed by timeout. For a client transaction the TU acts as if it had
     received a 408 (RFC 3261 16.7 step 2, 16.8); for a server one (timer H) the ACK never came."""
 
-    txn: Transaction[M]
-    timer: Timer
+    __slots__ = ("timer", "txn")
+    _fields = ("timer", "txn")
+
+    def __init__(self, txn: Transaction[M], timer: Timer) -> None:
+        self.txn = txn
+        self.timer = timer
 
 
-@dataclass(slots=True, eq=False)
-class TransportFailed(Generic[M]):
+class TransportFailed(_Action, Generic[M]):
     """The transport could not send this transaction's message; the transaction is over."""
 
-    txn: Transaction[M]
+    __slots__ = ("txn",)
+    _fields = ("txn",)
+
+    def __init__(self, txn: Transaction[M]) -> None:
+        self.txn = txn
 
 
-@dataclass(slots=True, eq=False)
-class Terminated(Generic[M]):
+class Terminated(_Action, Generic[M]):
     """The transaction reached Terminated and left the table. Always its last action."""
 
-    txn: Transaction[M]
+    __slots__ = ("txn",)
+    _fields = ("txn",)
+
+    def __init__(self, txn: Transaction[M]) -> None:
+        self.txn = txn
 
 
-@dataclass(slots=True, eq=False)
-class Stray(Generic[M]):
+class Stray(_Action, Generic[M]):
     """A message no transaction owns: a response to nothing we have (a proxy forwards it
     statelessly, RFC 3261 16.7), or an ACK matching no INVITE server transaction (the ACK for a
     2xx, its own transaction, 17.2.3; a proxy forwards it statelessly too)."""
 
-    message: M
+    __slots__ = ("message",)
+    _fields = ("message",)
+
+    def __init__(self, message: M) -> None:
+        self.message = message
 
 
 Action: TypeAlias = (
@@ -1291,9 +1334,7 @@ class TransactionTable(Generic[M]):
                 assert timer is not None
                 self._step(txn, _TIMER_EVENT[timer], timer, now, out)
             elif retx_at <= now:
-                timer = live.retx
-                live.retx = None  # the row's double/T2 re-arms it, reading the fired deadline
-                assert timer is not None
+                timer = live.take_retx()  # the row's double/T2 re-arms it (reads retx_at)
                 self._step(txn, _TIMER_EVENT[timer], timer, now, out)
                 if live.retx is None:
                     live.retx_at = INF

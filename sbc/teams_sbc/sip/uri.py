@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Final
+from typing import Final
 from urllib.parse import unquote
 
 from teams_sbc.sip.errors import SipUriError, UnsupportedUriScheme, snippet
@@ -255,7 +255,9 @@ class TelUri(_ParamsMixin):
     params: Params = ()
     _text: str | None = field(default=None, compare=False, repr=False)
 
-    scheme: ClassVar[str] = "tel"
+    @property
+    def scheme(self) -> str:
+        return "tel"
 
     def __str__(self) -> str:
         if self._text is None:
