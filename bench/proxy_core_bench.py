@@ -5,14 +5,21 @@ uas scenarios (INVITE, 100, 180, 200, ACK, BYE, 200) through `Proxy.receive` and
 CPU time per call. It isolates the core from the transport and from the load generator.
 `--driver` plays the same calls through the SBC process's driver (`teams_sbc.app.Sbc`) on a
 uvloop loop, sockets left out, to count what the driver adds to the core.
+
+The core runs compiled with mypyc by default (tools/native_build.py builds or reuses the compiled
+tree and the script runs itself again with it on PYTHONPATH); `--pure` runs it as plain Python.
+The building of the test messages (plain Python either way) is counted in both.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
+import sys
 import time
+from pathlib import Path
 
 from teams_sbc.config import parse_config
 from teams_sbc.metrics import Metrics
@@ -167,6 +174,28 @@ def run_driver(calls: int) -> float:
     return uvloop.run(play())
 
 
+def _build() -> str:
+    """Which build of the core runs here: re-run this script on the compiled tree unless
+    ``--pure`` (or already re-run); then "mypyc" or "pure", checked against what was imported."""
+    import teams_sbc.sip.proxy as proxy_module
+
+    compiled = Path(proxy_module.__file__ or "").suffix in {".so", ".pyd"}
+    if "--pure" not in sys.argv and not os.environ.get("TEAMS_SBC_BENCH_REEXEC"):
+        repo = Path(__file__).resolve().parent.parent
+        sys.path.insert(0, str(repo))
+        from tools import native_build
+
+        folder = str(native_build.build())
+        path = os.pathsep.join(p for p in (folder, os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONPATH": path, "TEAMS_SBC_BENCH_REEXEC": "1"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    if "--pure" in sys.argv and compiled:
+        raise SystemExit("--pure, yet the core imported is compiled: check PYTHONPATH")
+    if "--pure" not in sys.argv and not compiled:
+        raise SystemExit("the compiled core did not load: see tools/native_build.py")
+    return "mypyc" if compiled else "pure"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=20000)
@@ -175,7 +204,10 @@ def main() -> None:
     parser.add_argument(
         "--driver", action="store_true", help="through the process's driver on uvloop (app.Sbc)"
     )
+    parser.add_argument("--pure", action="store_true", help="the core as plain Python")
     args = parser.parse_args()
+    build = _build()
+    print(f"core: {build}")
     if args.driver:
         per_call = run_driver(args.calls)
         print(f"core and driver CPU per call: {per_call * 1e6:.1f} us (message building included)")
