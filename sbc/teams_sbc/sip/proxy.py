@@ -26,6 +26,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from teams_sbc.config import Route, SbcConfig
 from teams_sbc.media.commands import Failure, MediaCommand, MediaResult, Op
 from teams_sbc.media.legs import Leg
@@ -168,6 +170,9 @@ class _ResponseContext:
     media: MediaState | None = None  # the offer went through rtpengine
 
 
+# Compiled with mypyc (docs/performance.md), a class only Python classes of the same build may
+# extend unless it says so: teams.edge.TeamsProxy extends it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Proxy:
     """The SBC's SIP core: a transaction-stateful, record-routing proxy."""
 
