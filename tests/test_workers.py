@@ -29,6 +29,7 @@ from teams_sbc.sip.proxy import Proxy
 from teams_sbc.workers.aggregate import Aggregator
 from teams_sbc.workers.seat import Seat, handshake, read_handshake
 from teams_sbc.workers.supervisor import restart_delay
+from teams_sbc.workers.teams import annotation_report, combine
 from tests.media.sipp_bed import make_media_bed
 from tests.sip.test_proxy import UAC, UAS, Bench, answer, config, invite, only
 from tests.test_proxy_sipp import Traced, read_trace
@@ -587,3 +588,58 @@ def test_counters_add_up_and_survive_a_worker_gauges_sum_readiness_needs_all() -
     assert m[("sbc_ready", ())] == 1
     agg.update(1, 1, exposition(requests=7, ready=0, transactions=0))  # draining
     assert merged(agg)[("sbc_ready", ())] == 0
+
+
+# -- /teams combined over the workers (teams_sbc.workers.teams) ------------------------------------
+
+
+def proxy_view(
+    name: str, state: str, result_ago: float | None, **more: object
+) -> dict[str, object]:
+    return {
+        "name": name, "address": None, "port": 5061, "state": state, "rtt_ms": more.get("rtt"),
+        "last_error": more.get("error"), "changed_seconds_ago": result_ago,
+        "last_ok_seconds_ago": more.get("ok_ago"), "last_result_seconds_ago": result_ago,
+        "retry_after_seconds": more.get("retry_after", 0.0), "options_sent": 4,
+        "options_failed": 1 if state == "down" else 0, "failovers": more.get("failovers", 0),
+    }  # fmt: skip
+
+
+def teams_view(*proxies: dict[str, object], repairs: int = 0) -> dict[str, object]:
+    return {"fqdn": "sbc.example.com", "cloud": "commercial", "tenants": {},
+            "proxies": list(proxies), "ack_repairs": repairs}  # fmt: skip
+
+
+def test_combined_teams_view_takes_each_proxys_freshest_answer() -> None:
+    a, b, c = "sip.example.com", "sip2.example.com", "sip3.example.com"
+    views = {
+        0: teams_view(
+            proxy_view(a, "up", 0.4, ok_ago=0.4, rtt=12.0),
+            proxy_view(b, "down", 9.0, error="OPTIONS answered 503 Busy", retry_after=30.0),
+            proxy_view(c, "unknown", None), repairs=1,
+        ),
+        1: teams_view(
+            proxy_view(a, "down", 5.0, ok_ago=65.0, error="timeout", failovers=2),
+            proxy_view(b, "up", 1.5, ok_ago=1.5, rtt=20.0),
+            proxy_view(c, "unknown", None), repairs=2,
+        ),
+        2: None,  # a worker that did not answer
+    }
+    combined = combine(views)
+    sip, sip2, sip3 = combined["proxies"]
+    assert (sip["state"], sip["decided_by"], sip["rtt_ms"]) == ("up", 0, 12.0)
+    assert (sip2["state"], sip2["decided_by"], sip2["rtt_ms"]) == ("up", 1, 20.0)
+    assert (sip3["state"], sip3["decided_by"]) == ("unknown", None)
+    assert sip["workers"] == {"0": "up", "1": "down"}
+    assert sip["last_ok_seconds_ago"] == 0.4 and sip["failovers"] == 2
+    assert sip["options_sent"] == 8 and sip["options_failed"] == 1
+    assert sip2["retry_after_seconds"] == 30.0  # one worker still keeps calls away
+    assert combined["ack_repairs"] == 3 and combined["fqdn"] == "sbc.example.com"
+    assert combined["workers"]["2"] is None and combined["workers"]["0"] == views[0]
+    assert "freshest" in combined["combined_by"] or "most recent" in combined["combined_by"]
+    # The annotation waits while a proxy is unknown to every worker...
+    assert annotation_report(combined) is None
+    views[1]["proxies"][2] = proxy_view(c, "down", 0.1)  # type: ignore[index]
+    assert annotation_report(combine(views)) == {a: "up", b: "up", c: "down"}
+    # ... and says nothing when no worker answers.
+    assert annotation_report(combine({0: None, 1: None})) is None
