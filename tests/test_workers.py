@@ -12,6 +12,8 @@ connection is one worker's. Then the pieces without processes: the proxy core as
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import secrets
 import signal
@@ -20,6 +22,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,15 +35,18 @@ from teams_sbc.workers.supervisor import restart_delay
 from teams_sbc.workers.teams import annotation_report, combine
 from tests.media.sipp_bed import make_media_bed
 from tests.sip.test_proxy import UAC, UAS, Bench, answer, config, invite, only
+from tests.teams.test_emulator_e2e import FQDN, Edge, EdgeFactory
 from tests.test_proxy_sipp import Traced, read_trace
 from tests.test_sbc_process import Reply, UdpPeer, new_call_id, request
 from tests.testbed.process import free_port, wait_until
 from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory, SbcProcess, teams_sbc_command
 from tests.testbed.sipp import SippFactory, SippUas, Transport, UacRun
+from tests.testbed.teams_emulator import EmulatorFactory
 
 SCENARIOS = Path(__file__).parent / "testbed" / "scenarios"
 WORKERS = {"workers": 2}
+SIP = "sip.pstnhub.microsoft.com"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -643,3 +649,76 @@ def test_combined_teams_view_takes_each_proxys_freshest_answer() -> None:
     assert annotation_report(combine(views)) == {a: "up", b: "up", c: "down"}
     # ... and says nothing when no worker answers.
     assert annotation_report(combine({0: None, 1: None})) is None
+
+
+# -- the Teams edge with workers ------------------------------------------------------------------
+
+
+def options_seen(edge: Edge, proxy: str) -> list[float]:
+    """When the emulator's ``proxy`` received each OPTIONS it accepted (its clock, seconds)."""
+    return list(edge.emu.do(lambda emu: [
+        e.at for e in emu.core.stray
+        if e.arrow == "<-" and e.proxy == proxy and e.text.startswith("OPTIONS ")
+    ]))  # fmt: skip
+
+
+def test_teams_edge_with_workers_interleaves_options_and_serves_teams_for_all(
+    teams_emulator_factory: EmulatorFactory, sbc_factory: SbcFactory, sipp_factory: SippFactory
+) -> None:
+    """Two workers, OPTIONS every 2 s: Microsoft's sip gets one OPTIONS a second, evenly
+    spaced (each worker in its own slot), not two at once every 2 s. The supervisor's /teams
+    shows each worker's view and the combined one; a proxy that refuses turns down in all."""
+    interval = 2.0
+    edge = EdgeFactory(teams_emulator_factory, sbc_factory, sipp_factory)(
+        sbc_config=WORKERS, options_interval=interval, options_timeout=1.0
+    )
+
+    def teams() -> dict[str, Any]:
+        code, body = edge.sbc.http("/teams")
+        assert code == 200, body
+        return dict(json.loads(body))
+
+    def all_up() -> bool:
+        status = teams()
+        views = [status, *(v or {} for v in status["workers"].values())]
+        return all([p["state"] for p in v.get("proxies", [])] == ["up"] * 3 for v in views)
+
+    wait_until(all_up, 15, "sip, sip2, sip3 up in the supervisor's /teams, for each worker",
+               edge.sbc.proc)  # fmt: skip
+    status = teams()
+    assert status["fqdn"] == FQDN and set(status["workers"]) == {"0", "1"}
+    for index, view in status["workers"].items():
+        assert [p["state"] for p in view["proxies"]] == ["up"] * 3, index
+    for proxy in status["proxies"]:
+        assert proxy["workers"] == {"0": "up", "1": "up"} and proxy["decided_by"] in (0, 1)
+        assert proxy["options_sent"] == sum(
+            next(p for p in v["proxies"] if p["name"] == proxy["name"])["options_sent"]
+            for v in status["workers"].values()
+        )
+    assert "most recent" in status["combined_by"]
+
+    # On the wire: after the two start-up OPTIONS, one every interval/2, each gap near 1 s
+    # (without the slots: pairs 2 s apart, gaps of about 0 and 2 s).
+    wait_until(lambda: len(options_seen(edge, "sip")) >= 12, 20, "12 OPTIONS at sip",
+               edge.sbc.proc)  # fmt: skip
+    seen = options_seen(edge, "sip")[2:]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(seen)]
+    assert all(interval / 2 * 0.6 <= gap <= interval / 2 * 1.4 for gap in gaps), gaps
+    # Each worker keeps its own first-hand state: both probe, equally often.
+    sent = [
+        next(p for p in v["proxies"] if p["name"] == SIP)["options_sent"]
+        for v in teams()["workers"].values()
+    ]
+    assert min(sent) >= 4 and max(sent) - min(sent) <= 1, sent
+
+    edge.emu.set_failure("sip", "refuse")
+    wait_until(
+        lambda: next(p for p in teams()["proxies"] if p["name"] == SIP)["workers"]
+        == {"0": "down", "1": "down"}, 15, "sip down in both workers", edge.sbc.proc,
+    )  # fmt: skip
+    sip, sip2, sip3 = teams()["proxies"]
+    assert (sip["state"], sip2["state"], sip3["state"]) == ("down", "up", "up")
+    assert sip["last_error"] and sip["options_failed"] >= 2
+    # /metrics still sums the workers: each worker's OPTIONS counted.
+    scrape = edge.sbc.metrics()
+    assert scrape.value("sbc_teams_options_sent_total", proxy=SIP) >= sum(sent)
