@@ -31,6 +31,7 @@ worker with the freshest answer decides). No worker writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -88,10 +89,30 @@ def kubernetes_patch() -> Patch:
                 config.load_incluster_config(  # type: ignore[no-untyped-call]
                     client_configuration=configuration
                 )
+            # No retries inside the client: the writer's own back-off retries (and logs once).
+            configuration.retries = 0
             api = client.CoreV1Api(client.ApiClient(configuration))
         api.patch_namespaced_pod(name, namespace, body, _request_timeout=10)
 
     return patch
+
+
+def describe_error(exc: BaseException) -> str:
+    """An API error in one line: the HTTP status and the API server's message when it
+    answered, else the network error under the client's wrapper (``Connection refused``)."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status:
+        message = ""
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            message = str(json.loads(getattr(exc, "body", "") or "{}").get("message", ""))
+        text = f"HTTP {status} {getattr(exc, 'reason', '')}: {message}"
+    else:
+        reason = getattr(exc, "reason", None)
+        while isinstance(getattr(reason, "reason", None), BaseException):
+            reason = reason.reason  # type: ignore[union-attr]
+        cause = reason if isinstance(reason, BaseException) else exc
+        text = f"{type(exc).__name__}: {cause}"
+    return text[:300]
 
 
 class PodStatusWriter:
@@ -189,7 +210,7 @@ class PodStatusWriter:
                 "pod status write failed",
                 extra={
                     "pod": f"{self.namespace}/{self.name}",
-                    "error": f"{type(exc).__name__}: {str(exc)[:300]}",
+                    "error": describe_error(exc),
                     "attempt": self.failures,
                     "retry_in_seconds": self.retry_delay(),
                 },
