@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -37,7 +38,7 @@ from tests.media.sipp_bed import make_media_bed
 from tests.sip.test_proxy import UAC, UAS, Bench, answer, config, invite, only
 from tests.teams.test_emulator_e2e import FQDN, Edge, EdgeFactory
 from tests.test_proxy_sipp import Traced, read_trace
-from tests.test_sbc_process import Reply, UdpPeer, new_call_id, request
+from tests.test_sbc_process import Reply, UdpPeer, new_branch, new_call_id, request
 from tests.testbed.process import free_port, wait_until
 from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory, SbcProcess, teams_sbc_command
@@ -211,12 +212,12 @@ def in_dialog(
     ).encode()
 
 
-def worker_of(sbc: SbcProcess, peer: UdpPeer) -> str:
+def worker_of(sbc: SbcProcess, peer: UdpPeer, listener: str = "udp") -> str:
     """Which worker the kernel gives ``peer``'s datagrams: an OPTIONS for the SBC itself (it
     answers 200 on its own), and whose OPTIONS count went up."""
     before = per_worker(sbc, "OPTIONS")
-    uri = f"sip:127.0.0.1:{sbc.port('udp')}"
-    peer.send(request("OPTIONS", uri, via_host=peer.host, via_port=peer.port), sbc)
+    uri = f"sip:127.0.0.1:{sbc.port(listener)}"
+    peer.send(request("OPTIONS", uri, via_host=peer.host, via_port=peer.port), sbc, listener)
     assert peer.replies()[-1].status == 200
     after = per_worker(sbc, "OPTIONS")
     (grown,) = [w for w, n in after.items() if n > before.get(w, 0)]
@@ -722,3 +723,93 @@ def test_teams_edge_with_workers_interleaves_options_and_serves_teams_for_all(
     # /metrics still sums the workers: each worker's OPTIONS counted.
     scrape = edge.sbc.metrics()
     assert scrape.value("sbc_teams_options_sent_total", proxy=SIP) >= sum(sent)
+
+
+CALLER_SDP = (
+    "v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/SAVP 0 101\r\n"
+    "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:QF3j5Yt3i1VZ9m0x0Yl7t7O5b8m4G3Q1Kq9Xw2Zr\r\n"
+    "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+)
+
+
+def all_values(reply: Reply, name: str) -> list[str]:
+    """Every value of a list header (each line, comma-split between entries)."""
+    out: list[str] = []
+    for line in reply.raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        key, _, value = line.decode(errors="replace").partition(":")
+        if key.strip().lower() == name.lower():
+            out += [v.strip() for v in re.split(r",(?=\s*<)", value)]
+    return out
+
+
+def to_tag(reply: Reply) -> str:
+    found = re.search(r";tag=([^;>\s]+)", reply.header("To") or "")
+    assert found, reply.status_line
+    return found.group(1)
+
+
+def test_an_ack_reaching_the_other_worker_is_repaired_by_the_one_that_sent_the_invite(
+    teams_emulator_factory: EmulatorFactory, sbc_factory: SbcFactory, sipp_factory: SippFactory
+) -> None:
+    """The carrier calls Teams from one UDP port (worker A forwards the INVITE, Teams' forked
+    180s and 200 come back to A) and ACKs, with the first 180's To-tag (the voipswitch bug the
+    ACK repair is for), from another port the kernel gives to worker B. B has no tags; the
+    Route names A (``sbcw``), so B passes the ACK to A, which repairs it: Teams gets the 200's
+    tag and the call is confirmed."""
+    edge = EdgeFactory(teams_emulator_factory, sbc_factory, sipp_factory)(sbc_config=WORKERS)
+    wait_until(lambda: edge.states() == ["up", "up", "up"], 15, "the proxies up", edge.sbc.proc)
+    caller = UdpPeer()
+    peers = [caller]
+    try:
+        a = worker_of(edge.sbc, caller, "carrier")
+        other = None
+        for _ in range(40):
+            candidate = UdpPeer()
+            peers.append(candidate)
+            if worker_of(edge.sbc, candidate, "carrier") != a:
+                other = candidate
+                break
+        assert other is not None, "no source port reached the second worker"
+        b = "1" if a == "0" else "0"
+
+        sbc_uri = f"127.0.0.1:{edge.sbc.port('carrier')}"
+        call_id = new_call_id()
+        invite = request(
+            "INVITE", f"sip:030123456@{sbc_uri}", via_host=caller.host, via_port=caller.port,
+            call_id=call_id, body=CALLER_SDP, extra="Content-Type: application/sdp\r\n",
+        )  # fmt: skip
+        caller.send(invite, edge.sbc, "carrier")
+        replies = caller.replies(timeout=10)
+        ok = replies[-1]
+        assert ok.status == 200, [r.status_line for r in replies]
+        rings = [r for r in replies if r.status == 180]
+        assert rings and to_tag(rings[0]) != to_tag(ok), "Teams did not fork"
+        record_route = all_values(ok, "Record-Route")
+        ours = [e for e in record_route if f"sbcw={a}>" in e]
+        assert ours == [f"<sip:{sbc_uri};lr;r2=on;sbcw={a}>"], record_route
+
+        contact = (ok.header("Contact") or "").strip("<>")
+        from_line = re.search(r"^From: [^\r\n]*", invite.decode(), re.M)
+        assert from_line is not None
+        ack = (
+            f"ACK {contact} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{other.port};branch={new_branch()};rport\r\n"
+            f"Route: {', '.join(reversed(record_route))}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"{from_line.group(0)}\r\n"
+            f"To: <sip:030123456@{sbc_uri}>;tag={to_tag(rings[0])}\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        other.send(ack, edge.sbc, "carrier")
+        record = edge.emu.wait_call(call_id, "confirmed")
+        assert record.acks_ignored == 0 and not record.violations, record.ladder_text()
+
+        acks = per_worker(edge.sbc, "ACK")
+        assert acks.get(b) == 1 and acks.get(a) == 1, acks  # B got it, passed it to A
+        scrape = edge.sbc.metrics()
+        assert scrape.value("sbc_teams_acks_passed_total") == 1
+        assert scrape.value("sbc_teams_ack_repairs_total") == 1
+    finally:
+        for peer in peers:
+            peer.close()
