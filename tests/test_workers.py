@@ -697,6 +697,11 @@ def test_teams_edge_with_workers_interleaves_options_and_serves_teams_for_all(
             for v in status["workers"].values()
         )
     assert "most recent" in status["combined_by"]
+    # /metrics: Microsoft's proxies as combined (1 up), not the sum of the workers' gauges (2).
+    scrape = edge.sbc.metrics()
+    for name in ("sip", "sip2", "sip3"):
+        assert scrape.value("sbc_teams_proxy_up", proxy=f"{name}.pstnhub.microsoft.com") == 1
+    assert 0 < scrape.value("sbc_teams_proxy_rtt_seconds", proxy=SIP) < 1
 
     # On the wire: after the two start-up OPTIONS, one every interval/2, each gap near 1 s
     # (without the slots: pairs 2 s apart, gaps of about 0 and 2 s).
@@ -720,9 +725,14 @@ def test_teams_edge_with_workers_interleaves_options_and_serves_teams_for_all(
     sip, sip2, sip3 = teams()["proxies"]
     assert (sip["state"], sip2["state"], sip3["state"]) == ("down", "up", "up")
     assert sip["last_error"] and sip["options_failed"] >= 2
-    # /metrics still sums the workers: each worker's OPTIONS counted.
+    # /metrics sums the workers' counters (each worker's OPTIONS), combines the state, and
+    # gives each worker's own.
     scrape = edge.sbc.metrics()
     assert scrape.value("sbc_teams_options_sent_total", proxy=SIP) >= sum(sent)
+    assert scrape.value("sbc_teams_proxy_up", proxy=SIP) == 0
+    assert scrape.value("sbc_teams_proxy_up", proxy="sip2.pstnhub.microsoft.com") == 1
+    for worker in ("0", "1"):
+        assert scrape.value("sbc_worker_teams_proxy_up", proxy=SIP, worker=worker) == 0
 
 
 CALLER_SDP = (

@@ -472,6 +472,22 @@ class Supervisor:
 
     async def exposition(self) -> bytes:
         await self._refresh()
+        if self.config.teams is not None:
+            # Microsoft's proxies as all workers see them, not a sum of their gauges.
+            combined = (await self.teams_status())["proxies"]
+            states = {"up": 1.0, "down": 0.0}
+            self.aggregator.override(
+                "sbc_teams_proxy_up",
+                {("proxy", p["name"]): states.get(p["state"], -1.0) for p in combined},
+            )
+            self.aggregator.override(
+                "sbc_teams_proxy_rtt_seconds",
+                {
+                    ("proxy", p["name"]): p["rtt_ms"] / 1000
+                    for p in combined
+                    if p["rtt_ms"] is not None
+                },
+            )
         return generate_latest(_Exposition(self.aggregator.families(), self.registry))
 
     async def _refresh(self) -> None:
