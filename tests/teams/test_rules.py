@@ -7,7 +7,7 @@ import itertools
 
 from teams_sbc.sip.message import Request, Response, make_response, parse_message
 from teams_sbc.teams import contact, normalise, record_route
-from teams_sbc.teams.ack_repair import AckRepair
+from teams_sbc.teams.ack_repair import AckRepair, mark_worker, worker_in
 from teams_sbc.teams.config import MicrosoftProxy, NumberRules
 from teams_sbc.teams.proxies import Health, Outcome, ProxyPool, build_options
 from teams_sbc.teams.sdp import ICE_ATTRIBUTES, hold_towards_teams, trim_for_udp
@@ -198,6 +198,28 @@ def test_ack_with_a_provisional_tag_gets_the_2xx_tag() -> None:
     late = req(carrier_invite(method="ACK", to_tag="fork1", sdp=""))
     assert repair.repair(late, 43.0) is None  # forgotten after its lifetime
     assert len(repair) == 0 and repair.repairs == 1
+
+
+def test_the_worker_mark_rides_in_our_record_route_and_comes_back_in_the_route() -> None:
+    """With workers: the carrier-facing entry (the second of our two) names the worker; the
+    entries above and below keep their bytes; the carrier's Route carries it back."""
+    invite = req(carrier_invite())
+    invite.headers.prepend("Record-Route", "<sip:10.0.0.1:5060;lr;r2=on>")
+    invite.headers.prepend("Record-Route", "<sip:sbc.example.com:5061;transport=tls;lr;r2=on>")
+    invite.headers.append("Record-Route", "<sip:carrier.example.net;lr>, <sip:x.example;lr>")
+    before = invite.headers.values("record-route")
+    mark_worker(invite, 1, 3)
+    after = invite.headers.values("record-route")
+    assert after[:2] == [
+        "<sip:sbc.example.com:5061;transport=tls;lr;r2=on>",
+        "<sip:10.0.0.1:5060;lr;r2=on;sbcw=3>",
+    ]
+    assert after[2:] == before[2:] and after[-2:] == ["<sip:carrier.example.net;lr>",
+                                                      "<sip:x.example;lr>"]  # fmt: skip
+    routes = list(reversed(invite.headers.values("record-route")))
+    assert worker_in(routes) == 3
+    assert worker_in(["<sip:10.0.0.1:5060;lr>"]) is None
+    assert worker_in(["<sip:10.0.0.1:5060;lr;sbcw=>"]) is None  # no digits: no worker
 
 
 # -- Microsoft's proxies ------------------------------------------------------------------------
