@@ -22,8 +22,8 @@ entry facing the carrier with its index (:data:`WORKER_PARAM`, :func:`mark_worke
 carrier's ACK carries it back in its Route, and a worker that gets an ACK marked with another
 worker's index passes it, unchanged, to that worker's own UDP port (:func:`worker_in`). Only for
 a UDP carrier listener: workers have their own ports only there (a TCP carrier sends the ACK on
-the INVITE's connection in practice, which one worker owns). docs/architecture.md, "Worker
-processes".
+the INVITE's connection in practice, which one worker owns). docs/architecture.md, "The Teams
+edge with workers".
 """
 
 from __future__ import annotations
