@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -46,6 +47,19 @@ def free_port_range(count: int, host: str = "127.0.0.1") -> int:
         return free_udp_range(count, host)
     except DemoPartFailed as exc:
         raise PartFailed(str(exc)) from exc
+
+
+def scrape_flat(port: int, timeout: float = 3.0) -> dict[str, float]:
+    """The Prometheus text at ``http://127.0.0.1:port/metrics`` as {'name{labels}': value}."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        text = reply.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def require_binary(name: str) -> str:
