@@ -110,6 +110,10 @@ class TrunkState:
     applied: dict[str, str] = field(default_factory=dict)
     #: Secrets this trunk reads (certificate, TSIG key), to wake it when they change.
     secrets: set[str] = field(default_factory=set)
+    #: Held for the length of a pass; the deletion handler takes it to let a pass in progress
+    #: finish before it writes what the trunk's end means (no pass starts once ``closed``).
+    passing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    closed: bool = False
 
 
 class Reconciler:
@@ -125,6 +129,16 @@ class Reconciler:
         if key not in self.states:
             self.states[key] = TrunkState()
         return self.states[key]
+
+    async def close(self, key: Key) -> None:
+        """No more passes for this trunk; returns once a pass in progress has finished (its
+        writes, e.g. its tenants' statuses, must not land after the deletion handler's)."""
+        state = self.states.get(key)
+        if state is None:
+            return
+        state.closed = True
+        async with state.passing:
+            pass
 
     def wake(self, key: Key) -> None:
         if key in self.states:
@@ -169,7 +183,10 @@ class Reconciler:
                 if trunk.deleting:
                     break
                 tenants = [Tenant.from_body(b) for b in tenants_of(key)]
-                await self.pass_once(trunk, body, tenants, state)
+                async with state.passing:
+                    if state.closed:
+                        break
+                    await self.pass_once(trunk, body, tenants, state)
         finally:
             stop.cancel()
 
