@@ -199,18 +199,22 @@ def sandbox(
     binds: Mapping[str, Path] | None = None,
     env: Mapping[str, str] | None = None,
     entrypoint: Sequence[str] | None = None,
+    tmpfs: Sequence[str] = (),
 ) -> list[str]:
     """The command running the image's entry point (or ``entrypoint``) with ``args``: as the
     image's user (really, outside too: setpriv before bubblewrap), no capabilities, the root
     file system and ``binds`` (container path -> host directory) read-only, a PID namespace
     with the entry point as PID 1, the image's Env plus ``env``, the host's network and
-    resolver (kubelet mounts the pod's /etc/resolv.conf)."""
+    resolver (kubelet mounts the pod's /etc/resolv.conf); ``tmpfs``: writable empty
+    directories (emptyDir volumes)."""
     user, _, group = str(config["config"]["User"]).partition(":")
     mounts: list[str] = []
     for inside, outside in sorted((binds or {}).items()):
         # A runtime creates mount points in the root file system before making it read-only.
         (rootfs / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
         mounts += ["--ro-bind", str(outside), inside]
+    for inside in tmpfs:  # an emptyDir volume
+        mounts += ["--tmpfs", inside]
     environment: list[str] = []
     for entry in config["config"].get("Env", []):
         key, _, value = entry.partition("=")
@@ -455,7 +459,7 @@ def _trunk(carrier_port: int, teams_port: int, proxy_port: int) -> Trunk:
                             "sip2.pstnhub.microsoft.com",
                             "sip3.pstnhub.microsoft.com",
                         )
-                    ]
+                    ],
                 },
             },
         }
@@ -510,6 +514,7 @@ def sbc_from_image(
     name: str,
     config: Mapping[str, Any],
     carrier_port: int,
+    tmpfs: Sequence[str] = (),
 ) -> Iterator[ManagedProcess]:
     """The SBC from its image with ``config``, run with the container's args, env and mounts;
     yields once ``/healthz`` answers."""
@@ -522,6 +527,7 @@ def sbc_from_image(
         container["args"],  # run --config /etc/teams-sbc/config/sbc.yaml
         binds={CONFIG_DIR: files.config_dir, TLS_DIR: files.tls_dir},
         env={"POD_NAME": "sbc1-abc", "POD_NAMESPACE": "carrier", "HOSTNAME": "sbc1-abc"},
+        tmpfs=tmpfs,
     )
     assert {e["name"] for e in container["env"]} == {"POD_NAME", "POD_NAMESPACE"}
     proc = ManagedProcess(name, command, log_dir)
@@ -673,3 +679,58 @@ def test_rtpengine_from_its_image_answers_ping(
         assert "Startup complete" in proc.log_text()
     finally:
         proc.stop()
+
+
+def test_sbc_workers_need_a_writable_tmp(
+    images: dict[str, Built],
+    rootfs: dict[str, Path],
+    world_dir: Path,
+    sipp_factory: SippFactory,
+    tmp_path: Path,
+) -> None:
+    """``workers: 2``: the supervisor keeps its workers' sockets in a temporary directory, so on
+    the read-only root it needs a writable /tmp (an emptyDir volume in a pod; the operator's
+    Deployment renders one worker, which needs none)."""
+    uas = sipp_factory.uas(scenario=SCENARIOS / "uas_options.xml")
+    carrier_port, http_port = free_port(socket.SOCK_DGRAM), free_port()
+    config = {
+        "listeners": [
+            {"name": "carrier-udp", "transport": "udp", "host": "127.0.0.1", "port": carrier_port}
+        ],
+        "routes": [{"name": "uas", "next_hop": f"sip:{uas.address}"}],
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "drain_seconds": 1,
+        "workers": 2,
+    }
+    image = read_layout(images["teams-sbc"].path).config
+    files = pod_files(world_dir, "sbc-workers-no-tmp", config)
+    without = subprocess.run(
+        sandbox(
+            rootfs["teams-sbc"],
+            image,
+            ["run", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+            binds={CONFIG_DIR: files.config_dir},
+        ),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert without.returncode != 0
+    assert "temporary directory" in without.stderr.lower(), without.stderr[-2000:]
+    with sbc_from_image(
+        images, rootfs, world_dir, tmp_path, "sbc-workers", config, carrier_port, tmpfs=["/tmp"]
+    ):
+        run = sipp_factory.uac(
+            f"127.0.0.1:{carrier_port}", calls=4, scenario=SCENARIOS / "uac_options.xml"
+        )
+        assert (run.stats.successful, run.stats.failed) == (4, 0), run.error_path
+        assert 'sbc_worker_up{worker="1"} 1.0' in http_get(http_port, "/metrics")[1]
+
+
+def test_rebuilding_gives_the_same_image(images: dict[str, Built], tmp_path: Path) -> None:
+    """Sorted tars, fixed owners and times, unchecked-hash pycs: the same commit and uv.lock
+    build the same layers, config and manifest (registries then store nothing new)."""
+    (again,) = build(PROJECT, tmp_path, names=["teams-sbc"])
+    assert again.manifest == images["teams-sbc"].manifest
+    assert again.path.read_bytes() == images["teams-sbc"].path.read_bytes()
