@@ -30,6 +30,7 @@ import subprocess
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from tools.image.build import NAMES, Built, build
 
@@ -50,6 +52,9 @@ from teams_sbc_operator.render.sbc_config import (
     config_yaml,
     render_sbc_config,
 )
+from tests.operator.conftest import FAST, Kube, trunk_manifest
+from tests.operator.conftest import _release as release_finalizers
+from tests.testbed.kube import KubeCluster
 from tests.testbed.process import (
     ManagedProcess,
     PartFailed,
@@ -210,8 +215,13 @@ def sandbox(
     user, _, group = str(config["config"]["User"]).partition(":")
     mounts: list[str] = []
     for inside, outside in sorted((binds or {}).items()):
-        # A runtime creates mount points in the root file system before making it read-only.
-        (rootfs / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        # A runtime creates mount points in the root file system before making it read-only
+        # (never through a link: that would leave the root file system).
+        point = rootfs
+        for part in Path(inside).parts[1:]:
+            point = point / part
+            assert not point.is_symlink(), f"{inside} passes the link {point}"
+        point.mkdir(parents=True, exist_ok=True)
         mounts += ["--ro-bind", str(outside), inside]
     for inside in tmpfs:  # an emptyDir volume
         mounts += ["--tmpfs", inside]
@@ -734,3 +744,85 @@ def test_rebuilding_gives_the_same_image(images: dict[str, Built], tmp_path: Pat
     (again,) = build(PROJECT, tmp_path, names=["teams-sbc"])
     assert again.manifest == images["teams-sbc"].manifest
     assert again.path.read_bytes() == images["teams-sbc"].path.read_bytes()
+
+
+# -- the operator from its image, in a cluster ----------------------------------------------------
+
+
+def test_operator_from_its_image_reconciles_a_trunk_in_cluster(
+    images: dict[str, Built],
+    rootfs: dict[str, Path],
+    world_dir: Path,
+    kube_cluster: KubeCluster,
+    kube_namespace: str,
+    tmp_path: Path,
+) -> None:
+    """The operator from its image as the chart runs it: read-only, uid 10001, in-cluster
+    credentials (the chart's ServiceAccount and ClusterRole, a token mounted where kubelet mounts
+    it, KUBERNETES_SERVICE_HOST/PORT). It reconciles a TeamsTrunk into a Deployment whose images
+    are the ones built here, by default."""
+    kube = Kube(kube_cluster, kube_namespace)
+    release = f"img{kube_namespace[-8:]}"
+    rbac = kube_cluster.helm(
+        "template", release, str(PROJECT / "helm" / "teams-sbc"), "--namespace", kube_namespace,
+        "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
+    ).stdout  # fmt: skip
+    (account,) = [
+        d["metadata"]["name"]
+        for d in yaml.safe_load_all(rbac)
+        if d and d["kind"] == "ServiceAccount"
+    ]
+    kube.kubectl("apply", "-f", "-", input=rbac)
+    proc: ManagedProcess | None = None
+    try:
+        secrets = world_dir / f"sa-{kube_namespace}"
+        secrets.mkdir(mode=0o755)
+        (secrets / "token").write_text(kube.kubectl("create", "token", account).strip())
+        shutil.copy(kube_cluster.ca_cert, secrets / "ca.crt")
+        (secrets / "namespace").write_text(kube_namespace)
+        for f in secrets.iterdir():
+            f.chmod(0o644)
+        server = urllib.parse.urlsplit(kube_cluster.server)
+        live, metrics = free_port(), free_port()
+        image = read_layout(images["teams-sbc-operator"].path).config
+        args = [
+            "--namespace", kube_namespace,
+            "--liveness", f"http://127.0.0.1:{live}/healthz",
+            "--metrics", f"http://127.0.0.1:{metrics}/metrics",
+            *FAST,
+        ]  # fmt: skip
+        command = sandbox(
+            rootfs["teams-sbc"],
+            image,
+            args,
+            # /var/run is a link to /run in Debian: the same directory kubelet mounts.
+            binds={"/run/secrets/kubernetes.io/serviceaccount": secrets},
+            env={
+                "KUBERNETES_SERVICE_HOST": str(server.hostname),
+                "KUBERNETES_SERVICE_PORT": str(server.port),
+            },
+        )
+        proc = ManagedProcess("teams-sbc-operator-image", command, tmp_path)
+        wait_until(
+            lambda: http_get(live, "/healthz")[0] == 200,
+            60,
+            "the operator from its image to answer its liveness probe",
+            proc,
+        )
+        kube.apply(
+            trunk_manifest(
+                kube_namespace, certificate={"devCA": True}, publicAddresses=["198.51.100.7"]
+            )
+        )
+        kube.wait_condition("teamstrunk", "sbc1", "ConfigApplied", proc=proc)
+        pod = kube.must("deployment", "sbc1-sbc")["spec"]["template"]["spec"]
+        assert [c["image"] for c in pod["containers"]] == [
+            str(images["teams-sbc"].ref),
+            str(images["rtpengine"].ref),
+        ]
+        assert http_get(metrics, "/metrics")[0] == 200
+    finally:
+        if proc is not None:
+            proc.stop()
+        release_finalizers(kube_cluster, kube_namespace)
+        kube_cluster.kubectl("delete", "--ignore-not-found", "-f", "-", input=rbac)
