@@ -155,4 +155,8 @@ def base_layer(spec: BaseSpec, *, refresh: bool = False, cache: Path = CACHE) ->
             layer_path, copy_tar(rootfs, built, skip=_skip, replace=replace), created_by
         )
         meta_path.write_text(json.dumps({"layer": layer.to_json(), "built": built}, indent=1))
-        return layer
+    # Bases of an older package list or format are not used again.
+    for old in cache.glob(f"{spec.name}-{spec.suite}-*"):
+        if not old.name.startswith(stem.name) and not old.name.endswith(".lock"):
+            old.unlink(missing_ok=True)
+    return layer
