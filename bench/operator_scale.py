@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.testbed.dns import DnsServer  # noqa: E402
 from tests.testbed.kube import KubeCluster, control_plane  # noqa: E402
-from tests.testbed.process import ManagedProcess, free_port, wait_until  # noqa: E402
+from tests.testbed.process import ManagedProcess, free_port, scrape_flat, wait_until  # noqa: E402
 
 GROUP, VERSION = "sbc.teams-sbc.io", "v1alpha1"
 CRD_DIRS = [REPO / "deploy" / "crds", REPO / "tests" / "testbed" / "crds"]
@@ -54,17 +53,6 @@ def proc_memory(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) / 1024  # kB -> MiB
     return fields
-
-
-def operator_metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 class ConfigMapWatch(threading.Thread):
@@ -165,7 +153,7 @@ def run_one(
         env={"KUBECONFIG": str(cluster.kubeconfig)},
     )  # fmt: skip
     try:
-        wait_until(lambda: operator_metrics(metrics_port) is not None, 60, "metrics", proc)
+        wait_until(lambda: scrape_flat(metrics_port, timeout=5) is not None, 60, "metrics", proc)
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, trunk]))
         wait_until(lambda: mark_pods_ready(cluster, namespace) >= 1, 60, "the SBC pod", proc, 0.5)
         cluster.kubectl(
@@ -176,7 +164,7 @@ def run_one(
         watcher.start()
         time.sleep(1.0)
         base_versions = len(watcher.versions)
-        before = operator_metrics(metrics_port)
+        before = scrape_flat(metrics_port, timeout=5)
 
         manifests = [
             {
@@ -197,7 +185,7 @@ def run_one(
         elapsed = time.monotonic() - started
         time.sleep(2.0)  # let the last writes arrive at the watch
         watcher.stop.set()
-        after = operator_metrics(metrics_port)
+        after = scrape_flat(metrics_port, timeout=5)
         memory = proc_memory(proc.pid)
 
         def delta(prefix: str, where: str = "") -> float:

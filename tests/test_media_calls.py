@@ -8,6 +8,7 @@ each call: nothing leaks.
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import socket
 import xmlrpc.client
@@ -43,6 +44,18 @@ from tests.testbed.sipp import SippFactory
 from tests.testbed.teams_emulator import EmulatorFactory
 
 RtpengineFactory = Callable[..., Rtpengine]
+#: make_media_bed with the test's tmp_path and factories: ``media_bed(teams_scenario, ...)``.
+MediaBedFactory = Callable[..., MediaBed]
+
+
+@pytest.fixture
+def media_bed(
+    tmp_path: Path,
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    rtpengine_factory: RtpengineFactory,
+) -> MediaBedFactory:
+    return functools.partial(make_media_bed, tmp_path, sbc_factory, sipp_factory, rtpengine_factory)
 
 
 def assert_carrier_audio(packets: list[RtpPacket]) -> None:
@@ -53,14 +66,9 @@ def assert_carrier_audio(packets: list[RtpPacket]) -> None:
 
 
 def test_carrier_call_early_media_and_both_directions(
-    tmp_path: Path,
-    sbc_factory: SbcFactory,
-    sipp_factory: SippFactory,
-    rtpengine_factory: RtpengineFactory,
+    media_bed: MediaBedFactory,
 ) -> None:
-    bed = make_media_bed(
-        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_early_answer.xml"
-    )
+    bed = media_bed("uas_teams_early_answer.xml")
     assert bed.sessions() == []
     uac = bed.call("uac_media_call.xml")
 
@@ -113,18 +121,13 @@ def test_carrier_call_early_media_and_both_directions(
 
 
 def test_rfc4733_events_pass_through_both_ways(
-    tmp_path: Path,
-    sbc_factory: SbcFactory,
-    sipp_factory: SippFactory,
-    rtpengine_factory: RtpengineFactory,
+    media_bed: MediaBedFactory,
 ) -> None:
     """DTMF as RFC 4733 telephone-event, passed through: the payload type the carrier offered
     reaches Teams with its codec; a key press Teams sends (SRTP) reaches the carrier as plain
     RTP, and the carrier's RTP carrying it back (its echo) reaches Teams decrypting to the same
     payload type, marker, timestamp and event bytes."""
-    bed = make_media_bed(
-        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_early_answer.xml"
-    )
+    bed = media_bed("uas_teams_early_answer.xml")
     uac = bed.call("uac_media_call.xml")
     invite = bed.teams_received("INVITE")
     offer = audio(sdp_of(invite))
@@ -141,25 +144,17 @@ def test_rfc4733_events_pass_through_both_ways(
         (p.sequence, p.marker, p.timestamp, p.payload) for p in press
     )
 
-    bed.signal_carrier(uac, invite)
-    assert uac.finish().stats.all_ok
-    bed.wait_no_sessions()
+    bed.carrier_hangs_up(uac, invite)
     bed.sbc.wait_idle()
 
 
 def test_media_bypass_teams_client_reaches_rtpengine_by_ice(
-    tmp_path: Path,
-    sbc_factory: SbcFactory,
-    sipp_factory: SippFactory,
-    rtpengine_factory: RtpengineFactory,
+    media_bed: MediaBedFactory,
 ) -> None:
     """`media.bypass`: the INVITE Teams gets makes rtpengine an ICE-lite peer with one IPv4
     candidate (Microsoft's media bypass); the Teams client (full ICE, controlling) nominates
     its path with a check that rtpengine answers under its own password; media both ways."""
-    bed = make_media_bed(
-        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_bypass.xml",
-        media={"bypass": True},
-    )  # fmt: skip
+    bed = media_bed("uas_teams_bypass.xml", media={"bypass": True})
     assert bed.sessions() == []
     uac = bed.call("uac_media_call.xml")
     invite = bed.teams_received("INVITE")
@@ -179,25 +174,17 @@ def test_media_bypass_teams_client_reaches_rtpengine_by_ice(
     assert to_carrier.protocol == "RTP/AVP"
     assert not [a for a in to_carrier.attributes if a.startswith(("ice-", "candidate", "crypto"))]
 
-    bed.signal_carrier(uac, invite)
-    assert uac.finish().stats.all_ok
-    bed.wait_no_sessions()
+    bed.carrier_hangs_up(uac, invite)
     bed.sbc.wait_idle()
 
 
 def test_delayed_offer_is_anchored_offer_on_the_200_answer_on_the_ack(
-    tmp_path: Path,
-    sbc_factory: SbcFactory,
-    sipp_factory: SippFactory,
-    rtpengine_factory: RtpengineFactory,
+    media_bed: MediaBedFactory,
 ) -> None:
     """The carrier's INVITE and re-INVITE carry no SDP: Teams' offer in each 200 reaches the
     carrier as rtpengine's RTP/AVP, the carrier's answer in each ACK reaches Teams as
     rtpengine's RTP/SAVP with its key; media flows both ways after each."""
-    bed = make_media_bed(
-        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_delayed.xml",
-        teams_keys=2,
-    )  # fmt: skip
+    bed = media_bed("uas_teams_delayed.xml", teams_keys=2)
     assert bed.sessions() == []
     uac = bed.call("uac_media_delayed.xml")
     invite = bed.teams_received("INVITE")
@@ -377,14 +364,9 @@ def test_call_from_teams_offering_the_32_bit_tag_first_is_answered_in_kind(
 
 
 def test_hold_reaches_teams_as_inactive_and_resume_brings_media_back(
-    tmp_path: Path,
-    sbc_factory: SbcFactory,
-    sipp_factory: SippFactory,
-    rtpengine_factory: RtpengineFactory,
+    media_bed: MediaBedFactory,
 ) -> None:
-    bed = make_media_bed(
-        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_hold.xml"
-    )
+    bed = media_bed("uas_teams_hold.xml")
     assert bed.sessions() == []
     uac = bed.call("uac_media_hold.xml")
     invite = bed.teams_received("INVITE")
@@ -405,24 +387,16 @@ def test_hold_reaches_teams_as_inactive_and_resume_brings_media_back(
     bed.teams_received("ACK", count=2)
     bed.media_both_ways(crypto(resumed, 1), bed.teams_key, resumed.port, b"RESUMED")
 
-    bed.signal_carrier(uac, invite)
-    assert uac.finish().stats.all_ok
-    bed.wait_no_sessions()
+    bed.carrier_hangs_up(uac, invite)
     scrape = bed.sbc.metrics()
     assert scrape.value("sbc_media_commands_total", command="offer", result="ok") == 3
     bed.sbc.wait_idle()
 
 
 def test_teams_reinvite_with_a_new_key_keeps_media_flowing(
-    tmp_path: Path,
-    sbc_factory: SbcFactory,
-    sipp_factory: SippFactory,
-    rtpengine_factory: RtpengineFactory,
+    media_bed: MediaBedFactory,
 ) -> None:
-    bed = make_media_bed(
-        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_rekey.xml",
-        teams_keys=2,
-    )  # fmt: skip
+    bed = media_bed("uas_teams_rekey.xml", teams_keys=2)
     assert bed.sessions() == []
     uac = bed.call("uac_media_reinvited.xml")
     invite = bed.teams_received("INVITE")
@@ -442,17 +416,12 @@ def test_teams_reinvite_with_a_new_key_keeps_media_flowing(
     assert "RTP/AVP" in carrier_side[-1].text
     bed.media_both_ways(crypto(answer, 1), bed.teams_keys[1], answer.port, b"KEY-2")
 
-    bed.signal_carrier(uac, invite)
-    assert uac.finish().stats.all_ok
-    bed.wait_no_sessions()
+    bed.carrier_hangs_up(uac, invite)
     bed.sbc.wait_idle()
 
 
 def test_teams_answering_from_another_fork_keeps_srtp_both_ways(
-    tmp_path: Path,
-    sbc_factory: SbcFactory,
-    sipp_factory: SippFactory,
-    rtpengine_factory: RtpengineFactory,
+    media_bed: MediaBedFactory,
 ) -> None:
     """Teams forks as Microsoft's SIP proxy does: fork A rings and sends early media (183, To tag
     A, its own socket and key), fork B answers (200, To tag B, another socket and key). After
@@ -461,10 +430,7 @@ def test_teams_answering_from_another_fork_keeps_srtp_both_ways(
     from fork B (a new key) and from the carrier (To tag B) keep media flowing both ways; no
     session is left. Before the fix rtpengine made a new leg for B without crypto ("SRTP output
     wanted, but no crypto suite was negotiated") and nothing decrypted after the 200."""
-    bed = make_media_bed(
-        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_forked.xml",
-        teams_keys=3, teams_sockets=2,
-    )  # fmt: skip
+    bed = media_bed("uas_teams_forked.xml", teams_keys=3, teams_sockets=2)
     fork_a, fork_b = bed.teams_sockets
     key_a, key_b, key_b2 = bed.teams_keys
     assert bed.sessions() == []
@@ -508,10 +474,7 @@ def test_teams_answering_from_another_fork_keeps_srtp_both_ways(
     bed.teams_received("ACK", count=2)
     bed.media_both_ways(crypto(reoffer, 1), key_b2, reoffer.port, b"C-REINVITE")
 
-    bed.signal_carrier(uac, invite)
-    run = uac.finish()
-    assert run.stats.all_ok, run.error_path.read_text() if run.error_path.exists() else run
-    bed.wait_no_sessions()
+    bed.carrier_hangs_up(uac, invite)
     assert "no crypto suite was negotiated" not in bed.rtpengine.proc.log_text()
     assert fork_a.getsockname() != fork_b.getsockname()
     scrape = bed.sbc.metrics()
@@ -559,17 +522,11 @@ def test_teams_emulator_forking_gets_the_carriers_audio_after_its_200(
 
 
 def test_media_timeout_ends_the_call_with_a_bye_to_each_party(
-    tmp_path: Path,
-    sbc_factory: SbcFactory,
-    sipp_factory: SippFactory,
-    rtpengine_factory: RtpengineFactory,
+    media_bed: MediaBedFactory,
 ) -> None:
     """rtpengine (--timeout=3) sees no RTP and calls the SBC back (--b2b-url, XMLRPC): the SBC
     sends both parties a BYE with a Reason; the carrier's scenario fails without it."""
-    bed = make_media_bed(
-        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_early_answer.xml",
-        rtpengine_args=["--timeout=3"],
-    )  # fmt: skip
+    bed = media_bed("uas_teams_early_answer.xml", rtpengine_args=["--timeout=3"])
     uac = bed.call("uac_media_timeout.xml", echo=False)
     invite = bed.teams_received("INVITE")
     bye = bed.teams_received("BYE")
@@ -589,18 +546,12 @@ def test_media_timeout_ends_the_call_with_a_bye_to_each_party(
 
 
 def test_rtpengine_killed_mid_call_and_restarted(
-    tmp_path: Path,
-    sbc_factory: SbcFactory,
-    sipp_factory: SippFactory,
-    rtpengine_factory: RtpengineFactory,
+    media_bed: MediaBedFactory,
 ) -> None:
     """The call in progress is not torn down while rtpengine is gone; new calls get 503 with
     Retry-After and readiness says why; once rtpengine is back, Teams' re-INVITE anchors the
     call's media again on the restarted instance and media flows."""
-    bed = make_media_bed(
-        tmp_path, sbc_factory, sipp_factory, rtpengine_factory, "uas_teams_rekey.xml",
-        teams_keys=2,
-    )  # fmt: skip
+    bed = media_bed("uas_teams_rekey.xml", teams_keys=2)
     uac = bed.call("uac_media_reinvited.xml")
     invite = bed.teams_received("INVITE")
     offer = audio(sdp_of(invite))
@@ -633,9 +584,7 @@ def test_rtpengine_killed_mid_call_and_restarted(
     bed.teams_sent_request("ACK")
     bed.media_both_ways(crypto(answer, 1), bed.teams_keys[1], answer.port, b"AFTER")
 
-    bed.signal_carrier(uac, invite)
-    assert uac.finish().stats.all_ok
-    bed.wait_no_sessions()
+    bed.carrier_hangs_up(uac, invite)
     bed.sbc.wait_idle()
 
 

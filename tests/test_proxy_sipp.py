@@ -71,6 +71,10 @@ class Traced:
         values = self.headers(name)
         return values[0] if values else None
 
+    def entries(self, name: str) -> list[str]:
+        """Every comma-separated entry of header ``name``, over all its lines, in order."""
+        return [v.strip() for line in self.headers(name) for v in line.split(",")]
+
     @property
     def cseq_method(self) -> str | None:
         cseq = self.header("CSeq")
@@ -203,6 +207,22 @@ def make_bed(
     return Bed(sbc, uas, sipp_factory, uac_t, trace)
 
 
+def completed_run(
+    sbc_factory: SbcFactory,
+    sipp_factory: SippFactory,
+    legs: str,
+    uas_scenario: str,
+    uac_scenario: str,
+    **bed_options: bool,
+) -> tuple[Bed, UacRun]:
+    """A bed answering with ``uas_scenario`` and a UAC run of ``uac_scenario`` through it, every
+    call of which completed (:func:`assert_all_completed`)."""
+    bed = make_bed(sbc_factory, sipp_factory, legs, uas_scenario, **bed_options)
+    run = bed.call(uac_scenario)
+    assert_all_completed(run)
+    return bed, run
+
+
 @pytest.fixture(params=list(LEGS))
 def legs(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -231,9 +251,7 @@ def test_basic_call_with_sipp_builtin_agents(
     sbc_factory: SbcFactory, sipp_factory: SippFactory, legs: str
 ) -> None:
     """sipp's own uac and uas scenarios (no route set kept by them) complete through the SBC."""
-    bed = make_bed(sbc_factory, sipp_factory, legs, "uas")
-    run = bed.call("uac")
-    assert_all_completed(run)
+    bed, _ = completed_run(sbc_factory, sipp_factory, legs, "uas", "uac")
     scrape = bed.sbc.metrics()
     assert scrape.value("sbc_sip_requests_total", method="INVITE") == CALLS
     assert scrape.value("sbc_sip_requests_total", method="BYE") == CALLS
@@ -243,9 +261,9 @@ def test_basic_call_with_sipp_builtin_agents(
 def test_caller_hangs_up_along_the_record_route(
     sbc_factory: SbcFactory, sipp_factory: SippFactory, legs: str
 ) -> None:
-    bed = make_bed(sbc_factory, sipp_factory, legs, "uas_answer.xml")
-    run = bed.call("uac_caller_hangs_up.xml")
-    assert_all_completed(run)
+    bed, run = completed_run(
+        sbc_factory, sipp_factory, legs, "uas_answer.xml", "uac_caller_hangs_up.xml"
+    )
 
     uac = read_trace(run.message_path)
     oks = _pick(uac, "received", status=200, cseq="INVITE")
@@ -253,12 +271,12 @@ def test_caller_hangs_up_along_the_record_route(
     expected = bed.expected_record_route()
     for ok in oks:
         # sipp joins no lines: the proxy's entries arrive as the UAS copied them (12.1.1).
-        got = [v.strip() for line in ok.headers("Record-Route") for v in line.split(",")]
+        got = ok.entries("Record-Route")
         assert got == expected, ok.text
         assert_lr_exactly(ok.headers("Record-Route"))
     # The UAC's in-dialog requests carry that route set (reversed, 12.1.2)...
     byes = _pick(uac, "sent", method="BYE")
-    route = [v.strip() for line in byes[0].headers("Route") for v in line.split(",")]
+    route = byes[0].entries("Route")
     assert route == list(reversed(expected))
     # ...and reach the UAS without the proxy's entries, at the Contact it gave (16.4, 16.12).
     uas_byes = _pick(bed.uas_trace(), "received", method="BYE")
@@ -274,13 +292,13 @@ def test_caller_hangs_up_along_the_record_route(
 def test_callee_hangs_up_along_the_record_route(
     sbc_factory: SbcFactory, sipp_factory: SippFactory, legs: str
 ) -> None:
-    bed = make_bed(sbc_factory, sipp_factory, legs, "uas_answer_then_hang_up.xml")
-    run = bed.call("uac_callee_hangs_up.xml")
-    assert_all_completed(run)
+    bed, run = completed_run(
+        sbc_factory, sipp_factory, legs, "uas_answer_then_hang_up.xml", "uac_callee_hangs_up.xml"
+    )
 
     # The UAS's BYE went out with the route set it learned from the INVITE (12.1.1)...
     uas_byes = _pick(bed.uas_trace(), "sent", method="BYE")
-    route = [v.strip() for line in uas_byes[0].headers("Route") for v in line.split(",")]
+    route = uas_byes[0].entries("Route")
     assert route == bed.expected_record_route()
     # ...and reaches the caller at its Contact, our Route entries gone, through our Via.
     uac_byes = _pick(read_trace(run.message_path), "received", method="BYE")
@@ -297,9 +315,9 @@ def test_callee_hangs_up_along_the_record_route(
 def test_cancel_before_answer_gives_the_caller_487(
     sbc_factory: SbcFactory, sipp_factory: SippFactory, legs: str
 ) -> None:
-    bed = make_bed(sbc_factory, sipp_factory, legs, "uas_ring_until_cancel.xml")
-    run = bed.call("uac_cancel.xml")
-    assert_all_completed(run)
+    bed, run = completed_run(
+        sbc_factory, sipp_factory, legs, "uas_ring_until_cancel.xml", "uac_cancel.xml"
+    )
 
     uac = read_trace(run.message_path)
     assert len(_pick(uac, "received", status=200, cseq="CANCEL")) >= CALLS
@@ -324,9 +342,7 @@ def test_cancel_before_answer_gives_the_caller_487(
 def test_busy_reaches_the_caller(
     sbc_factory: SbcFactory, sipp_factory: SippFactory, legs: str
 ) -> None:
-    bed = make_bed(sbc_factory, sipp_factory, legs, "uas_busy.xml")
-    run = bed.call("uac_busy.xml")
-    assert_all_completed(run)
+    bed, run = completed_run(sbc_factory, sipp_factory, legs, "uas_busy.xml", "uac_busy.xml")
 
     uac = read_trace(run.message_path)
     busy = _pick(uac, "received", status=486)
@@ -345,9 +361,7 @@ def test_busy_reaches_the_caller(
 def test_reinvite_in_the_dialog(
     sbc_factory: SbcFactory, sipp_factory: SippFactory, legs: str
 ) -> None:
-    bed = make_bed(sbc_factory, sipp_factory, legs, "uas_reinvite.xml")
-    run = bed.call("uac_reinvite.xml")
-    assert_all_completed(run)
+    bed, _ = completed_run(sbc_factory, sipp_factory, legs, "uas_reinvite.xml", "uac_reinvite.xml")
 
     invites = _pick(bed.uas_trace(), "received", method="INVITE")
     initial = [i for i in invites if i.header("CSeq") == "1 INVITE"]
@@ -364,9 +378,7 @@ def test_reinvite_in_the_dialog(
 def test_options_through_the_proxy_answered_by_the_uas(
     sbc_factory: SbcFactory, sipp_factory: SippFactory, legs: str
 ) -> None:
-    bed = make_bed(sbc_factory, sipp_factory, legs, "uas_options.xml")
-    run = bed.call("uac_options.xml")
-    assert_all_completed(run)
+    bed, run = completed_run(sbc_factory, sipp_factory, legs, "uas_options.xml", "uac_options.xml")
 
     oks = _pick(read_trace(run.message_path), "received", status=200, cseq="OPTIONS")
     assert len(oks) >= CALLS
@@ -418,11 +430,14 @@ def test_large_invite_to_a_udp_next_hop_goes_over_tcp(
 ) -> None:
     """RFC 3261 18.1.1: the next hop is configured as UDP (``sip:host:port``); the 4 KB INVITE
     goes to the same port over TCP, where the UAS listens, and the call completes."""
-    bed = make_bed(
-        sbc_factory, sipp_factory, "udp-to-tcp", "uas_answer.xml", next_hop_transport=False
+    bed, run = completed_run(
+        sbc_factory,
+        sipp_factory,
+        "udp-to-tcp",
+        "uas_answer.xml",
+        "uac_large_invite.xml",
+        next_hop_transport=False,
     )
-    run = bed.call("uac_large_invite.xml")
-    assert_all_completed(run)
 
     invites = _pick(bed.uas_trace(), "received", method="INVITE")
     assert len(invites) >= CALLS
@@ -432,7 +447,7 @@ def test_large_invite_to_a_udp_next_hop_goes_over_tcp(
         assert invite.headers("Via")[0].startswith("SIP/2.0/TCP ")
     # It left by the TCP listener, so the dialog's route set says so (double Record-Route).
     ok = _pick(read_trace(run.message_path), "received", status=200, cseq="INVITE")[0]
-    got = [v.strip() for line in ok.headers("Record-Route") for v in line.split(",")]
+    got = ok.entries("Record-Route")
     assert got == bed.expected_record_route()
     scrape = bed.sbc.metrics()
     assert scrape.value("sbc_sip_large_udp_requests_total") == 0

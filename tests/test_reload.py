@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
+from tests.teams import test_edge_e2e
 from tests.teams.test_edge_e2e import FQDN, Bed, BedFactory, _call
 from tests.test_workers import SCENARIOS, callers, per_worker, read_trace
 from tests.testbed.process import wait_until
@@ -22,16 +20,8 @@ from tests.testbed.sipp import SippFactory
 
 NEW_NUMBER = "+4950777123"
 
-
-@pytest.fixture
-def beds(
-    tmp_path: Path, sbc_factory: SbcFactory, sipp_factory: SippFactory
-) -> Iterator[BedFactory]:
-    factory = BedFactory(tmp_path, sbc_factory, sipp_factory)
-    try:
-        yield factory
-    finally:
-        factory.close()
+#: The Teams edge tests' fixture: a BedFactory, its peers closed after the test.
+beds = test_edge_e2e.beds
 
 
 def _rewrite(sbc: SbcProcess, change: Any) -> None:

@@ -12,7 +12,10 @@ connection is one worker's. Then the pieces without processes: the proxy core as
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -20,6 +23,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,17 +33,21 @@ from teams_sbc.sip.proxy import Proxy
 from teams_sbc.workers.aggregate import Aggregator
 from teams_sbc.workers.seat import Seat, handshake, read_handshake
 from teams_sbc.workers.supervisor import restart_delay
+from teams_sbc.workers.teams import annotation_report, combine
 from tests.media.sipp_bed import make_media_bed
 from tests.sip.test_proxy import UAC, UAS, Bench, answer, config, invite, only
+from tests.teams.test_emulator_e2e import FQDN, Edge, EdgeFactory
 from tests.test_proxy_sipp import Traced, read_trace
-from tests.test_sbc_process import Reply, UdpPeer, new_call_id, request
+from tests.test_sbc_process import Reply, UdpPeer, new_branch, new_call_id, request
 from tests.testbed.process import free_port, wait_until
 from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory, SbcProcess, teams_sbc_command
 from tests.testbed.sipp import SippFactory, SippUas, Transport, UacRun
+from tests.testbed.teams_emulator import EmulatorFactory
 
 SCENARIOS = Path(__file__).parent / "testbed" / "scenarios"
 WORKERS = {"workers": 2}
+SIP = "sip.pstnhub.microsoft.com"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -204,12 +212,12 @@ def in_dialog(
     ).encode()
 
 
-def worker_of(sbc: SbcProcess, peer: UdpPeer) -> str:
+def worker_of(sbc: SbcProcess, peer: UdpPeer, listener: str = "udp") -> str:
     """Which worker the kernel gives ``peer``'s datagrams: an OPTIONS for the SBC itself (it
     answers 200 on its own), and whose OPTIONS count went up."""
     before = per_worker(sbc, "OPTIONS")
-    uri = f"sip:127.0.0.1:{sbc.port('udp')}"
-    peer.send(request("OPTIONS", uri, via_host=peer.host, via_port=peer.port), sbc)
+    uri = f"sip:127.0.0.1:{sbc.port(listener)}"
+    peer.send(request("OPTIONS", uri, via_host=peer.host, via_port=peer.port), sbc, listener)
     assert peer.replies()[-1].status == 200
     after = per_worker(sbc, "OPTIONS")
     (grown,) = [w for w, n in after.items() if n > before.get(w, 0)]
@@ -587,3 +595,231 @@ def test_counters_add_up_and_survive_a_worker_gauges_sum_readiness_needs_all() -
     assert m[("sbc_ready", ())] == 1
     agg.update(1, 1, exposition(requests=7, ready=0, transactions=0))  # draining
     assert merged(agg)[("sbc_ready", ())] == 0
+
+
+# -- /teams combined over the workers (teams_sbc.workers.teams) ------------------------------------
+
+
+def proxy_view(
+    name: str, state: str, result_ago: float | None, **more: object
+) -> dict[str, object]:
+    return {
+        "name": name, "address": None, "port": 5061, "state": state, "rtt_ms": more.get("rtt"),
+        "last_error": more.get("error"), "changed_seconds_ago": result_ago,
+        "last_ok_seconds_ago": more.get("ok_ago"), "last_result_seconds_ago": result_ago,
+        "retry_after_seconds": more.get("retry_after", 0.0), "options_sent": 4,
+        "options_failed": 1 if state == "down" else 0, "failovers": more.get("failovers", 0),
+    }  # fmt: skip
+
+
+def teams_view(*proxies: dict[str, object], repairs: int = 0) -> dict[str, object]:
+    return {"fqdn": "sbc.example.com", "cloud": "commercial", "tenants": {},
+            "proxies": list(proxies), "ack_repairs": repairs}  # fmt: skip
+
+
+def test_combined_teams_view_takes_each_proxys_freshest_answer() -> None:
+    a, b, c = "sip.example.com", "sip2.example.com", "sip3.example.com"
+    views = {
+        0: teams_view(
+            proxy_view(a, "up", 0.4, ok_ago=0.4, rtt=12.0),
+            proxy_view(b, "down", 9.0, error="OPTIONS answered 503 Busy", retry_after=30.0),
+            proxy_view(c, "unknown", None), repairs=1,
+        ),
+        1: teams_view(
+            proxy_view(a, "down", 5.0, ok_ago=65.0, error="timeout", failovers=2),
+            proxy_view(b, "up", 1.5, ok_ago=1.5, rtt=20.0),
+            proxy_view(c, "unknown", None), repairs=2,
+        ),
+        2: None,  # a worker that did not answer
+    }
+    combined = combine(views)
+    sip, sip2, sip3 = combined["proxies"]
+    assert (sip["state"], sip["decided_by"], sip["rtt_ms"]) == ("up", 0, 12.0)
+    assert (sip2["state"], sip2["decided_by"], sip2["rtt_ms"]) == ("up", 1, 20.0)
+    assert (sip3["state"], sip3["decided_by"]) == ("unknown", None)
+    assert sip["workers"] == {"0": "up", "1": "down"}
+    assert sip["last_ok_seconds_ago"] == 0.4 and sip["failovers"] == 2
+    assert sip["options_sent"] == 8 and sip["options_failed"] == 1
+    assert sip2["retry_after_seconds"] == 30.0  # one worker still keeps calls away
+    assert combined["ack_repairs"] == 3 and combined["fqdn"] == "sbc.example.com"
+    assert combined["workers"]["2"] is None and combined["workers"]["0"] == views[0]
+    assert "freshest" in combined["combined_by"] or "most recent" in combined["combined_by"]
+    # The annotation waits while a proxy is unknown to every worker...
+    assert annotation_report(combined) is None
+    views[1]["proxies"][2] = proxy_view(c, "down", 0.1)  # type: ignore[index]
+    assert annotation_report(combine(views)) == {a: "up", b: "up", c: "down"}
+    # ... and says nothing when no worker answers.
+    assert annotation_report(combine({0: None, 1: None})) is None
+
+
+# -- the Teams edge with workers ------------------------------------------------------------------
+
+
+def options_seen(edge: Edge, proxy: str) -> list[float]:
+    """When the emulator's ``proxy`` received each OPTIONS it accepted (its clock, seconds)."""
+    return list(edge.emu.do(lambda emu: [
+        e.at for e in emu.core.stray
+        if e.arrow == "<-" and e.proxy == proxy and e.text.startswith("OPTIONS ")
+    ]))  # fmt: skip
+
+
+def test_teams_edge_with_workers_interleaves_options_and_serves_teams_for_all(
+    teams_emulator_factory: EmulatorFactory, sbc_factory: SbcFactory, sipp_factory: SippFactory
+) -> None:
+    """Two workers, OPTIONS every 2 s: Microsoft's sip gets one OPTIONS a second, evenly
+    spaced (each worker in its own slot), not two at once every 2 s. The supervisor's /teams
+    shows each worker's view and the combined one; a proxy that refuses turns down in all."""
+    interval = 2.0
+    edge = EdgeFactory(teams_emulator_factory, sbc_factory, sipp_factory)(
+        sbc_config=WORKERS, options_interval=interval, options_timeout=1.0
+    )
+
+    def teams() -> dict[str, Any]:
+        code, body = edge.sbc.http("/teams")
+        assert code == 200, body
+        return dict(json.loads(body))
+
+    def all_up() -> bool:
+        status = teams()
+        views = [status, *(v or {} for v in status["workers"].values())]
+        return all([p["state"] for p in v.get("proxies", [])] == ["up"] * 3 for v in views)
+
+    wait_until(all_up, 15, "sip, sip2, sip3 up in the supervisor's /teams, for each worker",
+               edge.sbc.proc)  # fmt: skip
+    status = teams()
+    assert status["fqdn"] == FQDN and set(status["workers"]) == {"0", "1"}
+    for index, view in status["workers"].items():
+        assert [p["state"] for p in view["proxies"]] == ["up"] * 3, index
+    for proxy in status["proxies"]:
+        assert proxy["workers"] == {"0": "up", "1": "up"} and proxy["decided_by"] in (0, 1)
+        assert proxy["options_sent"] == sum(
+            next(p for p in v["proxies"] if p["name"] == proxy["name"])["options_sent"]
+            for v in status["workers"].values()
+        )
+    assert "most recent" in status["combined_by"]
+    # /metrics: Microsoft's proxies as combined (1 up), not the sum of the workers' gauges (2).
+    scrape = edge.sbc.metrics()
+    for name in ("sip", "sip2", "sip3"):
+        assert scrape.value("sbc_teams_proxy_up", proxy=f"{name}.pstnhub.microsoft.com") == 1
+    assert 0 < scrape.value("sbc_teams_proxy_rtt_seconds", proxy=SIP) < 1
+
+    # On the wire: after the two start-up OPTIONS, one every interval/2, each gap near 1 s
+    # (without the slots: pairs 2 s apart, gaps of about 0 and 2 s).
+    wait_until(lambda: len(options_seen(edge, "sip")) >= 12, 20, "12 OPTIONS at sip",
+               edge.sbc.proc)  # fmt: skip
+    seen = options_seen(edge, "sip")[2:]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(seen)]
+    assert all(interval / 2 * 0.6 <= gap <= interval / 2 * 1.4 for gap in gaps), gaps
+    # Each worker keeps its own first-hand state: both probe, equally often.
+    sent = [
+        next(p for p in v["proxies"] if p["name"] == SIP)["options_sent"]
+        for v in teams()["workers"].values()
+    ]
+    assert min(sent) >= 4 and max(sent) - min(sent) <= 1, sent
+
+    edge.emu.set_failure("sip", "refuse")
+    wait_until(
+        lambda: next(p for p in teams()["proxies"] if p["name"] == SIP)["workers"]
+        == {"0": "down", "1": "down"}, 15, "sip down in both workers", edge.sbc.proc,
+    )  # fmt: skip
+    sip, sip2, sip3 = teams()["proxies"]
+    assert (sip["state"], sip2["state"], sip3["state"]) == ("down", "up", "up")
+    assert sip["last_error"] and sip["options_failed"] >= 2
+    # /metrics sums the workers' counters (each worker's OPTIONS), combines the state, and
+    # gives each worker's own.
+    scrape = edge.sbc.metrics()
+    assert scrape.value("sbc_teams_options_sent_total", proxy=SIP) >= sum(sent)
+    assert scrape.value("sbc_teams_proxy_up", proxy=SIP) == 0
+    assert scrape.value("sbc_teams_proxy_up", proxy="sip2.pstnhub.microsoft.com") == 1
+    for worker in ("0", "1"):
+        assert scrape.value("sbc_worker_teams_proxy_up", proxy=SIP, worker=worker) == 0
+
+
+CALLER_SDP = (
+    "v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/SAVP 0 101\r\n"
+    "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:QF3j5Yt3i1VZ9m0x0Yl7t7O5b8m4G3Q1Kq9Xw2Zr\r\n"
+    "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+)
+
+
+def all_values(reply: Reply, name: str) -> list[str]:
+    """Every value of a list header (each line, comma-split between entries)."""
+    out: list[str] = []
+    for line in reply.raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        key, _, value = line.decode(errors="replace").partition(":")
+        if key.strip().lower() == name.lower():
+            out += [v.strip() for v in re.split(r",(?=\s*<)", value)]
+    return out
+
+
+def to_tag(reply: Reply) -> str:
+    found = re.search(r";tag=([^;>\s]+)", reply.header("To") or "")
+    assert found, reply.status_line
+    return found.group(1)
+
+
+def test_an_ack_reaching_the_other_worker_is_repaired_by_the_one_that_sent_the_invite(
+    teams_emulator_factory: EmulatorFactory, sbc_factory: SbcFactory, sipp_factory: SippFactory
+) -> None:
+    """The carrier calls Teams from one UDP port (worker A forwards the INVITE, Teams' forked
+    180s and 200 come back to A) and ACKs, with the first 180's To-tag (the voipswitch bug the
+    ACK repair is for), from another port the kernel gives to worker B. B has no tags; the
+    Route names A (``sbcw``), so B passes the ACK to A, which repairs it: Teams gets the 200's
+    tag and the call is confirmed."""
+    edge = EdgeFactory(teams_emulator_factory, sbc_factory, sipp_factory)(sbc_config=WORKERS)
+    wait_until(lambda: edge.states() == ["up", "up", "up"], 15, "the proxies up", edge.sbc.proc)
+    caller = UdpPeer()
+    peers = [caller]
+    try:
+        a = worker_of(edge.sbc, caller, "carrier")
+        other = None
+        for _ in range(40):
+            candidate = UdpPeer()
+            peers.append(candidate)
+            if worker_of(edge.sbc, candidate, "carrier") != a:
+                other = candidate
+                break
+        assert other is not None, "no source port reached the second worker"
+        b = "1" if a == "0" else "0"
+
+        sbc_uri = f"127.0.0.1:{edge.sbc.port('carrier')}"
+        call_id = new_call_id()
+        invite = request(
+            "INVITE", f"sip:030123456@{sbc_uri}", via_host=caller.host, via_port=caller.port,
+            call_id=call_id, body=CALLER_SDP, extra="Content-Type: application/sdp\r\n",
+        )  # fmt: skip
+        caller.send(invite, edge.sbc, "carrier")
+        replies = caller.replies(timeout=10)
+        ok = replies[-1]
+        assert ok.status == 200, [r.status_line for r in replies]
+        rings = [r for r in replies if r.status == 180]
+        assert rings and to_tag(rings[0]) != to_tag(ok), "Teams did not fork"
+        record_route = all_values(ok, "Record-Route")
+        ours = [e for e in record_route if f"sbcw={a}>" in e]
+        assert ours == [f"<sip:{sbc_uri};lr;r2=on;sbcw={a}>"], record_route
+
+        contact = (ok.header("Contact") or "").strip("<>")
+        from_line = re.search(r"^From: [^\r\n]*", invite.decode(), re.M)
+        assert from_line is not None
+        ack = (
+            f"ACK {contact} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{other.port};branch={new_branch()};rport\r\n"
+            f"Route: {', '.join(reversed(record_route))}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"{from_line.group(0)}\r\n"
+            f"To: <sip:030123456@{sbc_uri}>;tag={to_tag(rings[0])}\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        other.send(ack, edge.sbc, "carrier")
+        record = edge.emu.wait_call(call_id, "confirmed")
+        assert record.acks_ignored == 0 and not record.violations, record.ladder_text()
+
+        acks = per_worker(edge.sbc, "ACK")
+        assert acks.get(b) == 1 and acks.get(a) == 1, acks  # B got it, passed it to A
+        scrape = edge.sbc.metrics()
+        assert scrape.value("sbc_teams_acks_passed_total") == 1
+        assert scrape.value("sbc_teams_ack_repairs_total") == 1
+    finally:
+        for peer in peers:
+            peer.close()

@@ -91,6 +91,16 @@ def split_addresses(addresses: Sequence[str]) -> tuple[list[str], list[str]]:
     return v4, v6
 
 
+def _add_addresses(
+    update: dns.update.UpdateMessage, fqdn: dns.name.Name, ttl: int, v4: list[str], v6: list[str]
+) -> None:
+    """Add ``fqdn``'s A records for ``v4`` and AAAA records for ``v6`` to ``update``."""
+    for a in v4:
+        update.add(fqdn, ttl, dns.rdatatype.A, a)
+    for a in v6:
+        update.add(fqdn, ttl, dns.rdatatype.AAAA, a)
+
+
 class DnsUpdater:
     """Sends the updates for one trunk's names to one zone."""
 
@@ -163,10 +173,7 @@ class DnsUpdater:
         replace.present(owner, self._owner_rdata)
         replace.delete(fqdn, dns.rdatatype.A)
         replace.delete(fqdn, dns.rdatatype.AAAA)
-        for a in v4:
-            replace.add(fqdn, ttl, dns.rdatatype.A, a)
-        for a in v6:
-            replace.add(fqdn, ttl, dns.rdatatype.AAAA, a)
+        _add_addresses(replace, fqdn, ttl, v4, v6)
         replace.replace(owner, ttl, self._owner_rdata)
         rcode = await self._send(replace)
         if rcode == dns.rcode.NOERROR:
@@ -176,10 +183,7 @@ class DnsUpdater:
         claim.absent(owner, dns.rdatatype.TXT)
         claim.absent(fqdn, dns.rdatatype.A)
         claim.absent(fqdn, dns.rdatatype.AAAA)
-        for a in v4:
-            claim.add(fqdn, ttl, dns.rdatatype.A, a)
-        for a in v6:
-            claim.add(fqdn, ttl, dns.rdatatype.AAAA, a)
+        _add_addresses(claim, fqdn, ttl, v4, v6)
         claim.add(owner, ttl, self._owner_rdata)
         rcode = await self._send(claim)
         if rcode == dns.rcode.NOERROR:

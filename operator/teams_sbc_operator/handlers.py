@@ -108,10 +108,13 @@ async def trunk_event(*, namespace: str | None, name: str, meta: kopf.Meta, **_:
 async def trunk_deleted(
     *, namespace: str | None, name: str, body: kopf.Body, retry: int, **kwargs: Any
 ) -> None:
-    namespace = namespace or ""
     """Only the DNS records need the trunk's help to go; the garbage collector takes the rest."""
+    namespace = namespace or ""
     rec = reconciler()
     trunk = Trunk.from_body(body)
+    # kopf stops the trunk's daemon at the same time; a pass it is in the middle of would
+    # otherwise write its tenants' statuses (TrunkNotReady) after the TrunkNotFound below.
+    await rec.close((namespace, name))
     try:
         await rec.remove_all_dns(trunk, body)
     except DnsError as exc:

@@ -110,6 +110,10 @@ class TrunkState:
     applied: dict[str, str] = field(default_factory=dict)
     #: Secrets this trunk reads (certificate, TSIG key), to wake it when they change.
     secrets: set[str] = field(default_factory=set)
+    #: Held for the length of a pass; the deletion handler takes it to let a pass in progress
+    #: finish before it writes what the trunk's end means (no pass starts once ``closed``).
+    passing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    closed: bool = False
 
 
 class Reconciler:
@@ -125,6 +129,16 @@ class Reconciler:
         if key not in self.states:
             self.states[key] = TrunkState()
         return self.states[key]
+
+    async def close(self, key: Key) -> None:
+        """No more passes for this trunk; returns once a pass in progress has finished (its
+        writes, e.g. its tenants' statuses, must not land after the deletion handler's)."""
+        state = self.states.get(key)
+        if state is None:
+            return
+        state.closed = True
+        async with state.passing:
+            pass
 
     def wake(self, key: Key) -> None:
         if key in self.states:
@@ -169,7 +183,10 @@ class Reconciler:
                 if trunk.deleting:
                     break
                 tenants = [Tenant.from_body(b) for b in tenants_of(key)]
-                await self.pass_once(trunk, body, tenants, state)
+                async with state.passing:
+                    if state.closed:
+                        break
+                    await self.pass_once(trunk, body, tenants, state)
         finally:
             stop.cancel()
 
@@ -535,13 +552,7 @@ class Reconciler:
             )
         if not addresses:
             state.dns_outcomes = {}
-            return Check(
-                "DNSReady",
-                False,
-                "NoPublicAddress",
-                "no public address to publish: set spec.publicAddresses, or wait until the "
-                f"load balancer gives Service {trunk.name}-sbc an address",
-            )
+            return _no_public_address(trunk)
         mono = time.monotonic()
         if mono < state.dns_retry_at and state.dns_failure is not None:
             return state.dns_failure
@@ -668,13 +679,7 @@ class Reconciler:
         generation (status.observedGeneration)."""
         state.dns_outcomes = {}
         if not addresses:
-            return Check(
-                "DNSReady",
-                False,
-                "NoPublicAddress",
-                "no public address to publish: set spec.publicAddresses, or wait until the "
-                f"load balancer gives Service {trunk.name}-sbc an address",
-            )
+            return _no_public_address(trunk)
         names = [trunk.fqdn, *(p.fqdn for p in served)]
         obj = render_dns.dns_endpoint(trunk, names, addresses)
         try:
@@ -834,7 +839,7 @@ class Reconciler:
             for c in transitions(old.get("conditions") or [], new["conditions"]):
                 if c["type"] == "Ready":
                     post = kopf.info if c["status"] == "True" else kopf.warn
-                    post(_tenant_ref(plan.tenant), reason=c["reason"], message=c["message"])
+                    post(_ref(plan.tenant), reason=c["reason"], message=c["message"])
 
         await asyncio.gather(*(one(p) for p in plans))
 
@@ -988,21 +993,23 @@ def _signed_by(cert_pem: bytes, ca_pem: bytes) -> bool:
     return True
 
 
-def _ref(trunk: Trunk) -> kopf.Body:
-    """What kopf's event posting needs to name the trunk."""
-    raw = {
-        "apiVersion": API_VERSION,
-        "kind": "TeamsTrunk",
-        "metadata": {"name": trunk.name, "namespace": trunk.namespace, "uid": trunk.uid},
-    }
-    return kopf.Body(raw)  # type: ignore[arg-type]
+def _no_public_address(trunk: Trunk) -> Check:
+    """DNSReady while there is no address to publish (RFC 2136 and external-dns alike)."""
+    return Check(
+        "DNSReady",
+        False,
+        "NoPublicAddress",
+        "no public address to publish: set spec.publicAddresses, or wait until the "
+        f"load balancer gives Service {trunk.name}-sbc an address",
+    )
 
 
-def _tenant_ref(tenant: Tenant) -> kopf.Body:
+def _ref(obj: Trunk | Tenant) -> kopf.Body:
+    """What kopf's event posting needs to name the trunk or tenant."""
     raw = {
         "apiVersion": API_VERSION,
-        "kind": "TeamsTenant",
-        "metadata": {"name": tenant.name, "namespace": tenant.namespace, "uid": tenant.uid},
+        "kind": "TeamsTrunk" if isinstance(obj, Trunk) else "TeamsTenant",
+        "metadata": {"name": obj.name, "namespace": obj.namespace, "uid": obj.uid},
     }
     return kopf.Body(raw)  # type: ignore[arg-type]
 
@@ -1076,5 +1083,5 @@ async def write_orphan_status(api: KubeApi, tenant: Tenant) -> None:
         old.get("conditions") or [], new["conditions"]
     ):
         kopf.warn(
-            _tenant_ref(tenant), reason="TrunkNotFound", message=new["conditions"][0]["message"]
+            _ref(tenant), reason="TrunkNotFound", message=new["conditions"][0]["message"]
         )

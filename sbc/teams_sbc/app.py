@@ -29,7 +29,7 @@ from teams_sbc.media.commands import MediaResult
 from teams_sbc.media.driver import MediaDriver
 from teams_sbc.media.metrics import MediaMetrics
 from teams_sbc.metrics import Metrics
-from teams_sbc.podstatus import PodStatusWriter
+from teams_sbc.podstatus import PodStatusWriter, pool_report
 from teams_sbc.reload import Reloader
 from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import Proxy
@@ -96,12 +96,17 @@ class Sbc:
         self._reloader: asyncio.Task[None] | None = None
         self._config_watch: asyncio.Task[None] | None = None
         # In a pod, the Microsoft proxies' state goes into the Pod's annotation for the
-        # operator (teams_sbc.podstatus). With workers, worker 0 writes it.
+        # operator (teams_sbc.podstatus). With workers, the supervisor writes it from all
+        # workers' views; each worker keeps its OPTIONS in a slot of its own (teams.proxies).
         self.pod_status: PodStatusWriter | None = None
-        if isinstance(self.core, TeamsProxy) and (seat is None or seat.index == 0):
-            self.pod_status = PodStatusWriter.from_env(
-                config.pod_status, self.core.pool, self.metrics.registry
-            )
+        if isinstance(self.core, TeamsProxy):
+            if seat is None:
+                pool = self.core.pool
+                self.pod_status = PodStatusWriter.from_env(
+                    config.pod_status, lambda: pool_report(pool), self.metrics.registry
+                )
+            else:
+                self.core.pool.stagger(seat.index, config.workers)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -9,16 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
+from teams_sbc.configfile import StrictModel, read_yaml, validate
 from teams_sbc.media.config import MediaConfig
 from teams_sbc.teams.config import TeamsConfig
 
@@ -29,10 +22,6 @@ class ConfigError(Exception):
     """The config file is missing, not YAML, or does not match the schema; says where and why."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 #: Microsoft's TLS 1.2 cipher suites for Direct Routing (ECDHE-RSA with AES-GCM or AES-CBC-SHA2),
 #: in OpenSSL's names; TLS 1.3 suites are OpenSSL's defaults.
 MICROSOFT_CIPHERS = (
@@ -41,7 +30,7 @@ MICROSOFT_CIPHERS = (
 )
 
 
-class Tls(_Model):
+class Tls(StrictModel):
     """Certificate, trust and protocol settings of a TLS listener (server and client side)."""
 
     cert_file: str = Field(description="PEM file: our certificate followed by its chain.")
@@ -65,7 +54,7 @@ class Tls(_Model):
         return self
 
 
-class Listener(_Model):
+class Listener(StrictModel):
     """One SIP listening socket."""
 
     name: str = Field(description="Name used in logs and metrics, e.g. 'carrier' or 'teams'.")
@@ -102,7 +91,7 @@ class Listener(_Model):
         return self.advertise or self.host
 
 
-class Route(_Model):
+class Route(StrictModel):
     """Where requests that are not routed by a Route header or a foreign Request-URI go."""
 
     name: str = Field(description="Name used in logs and metrics.")
@@ -125,14 +114,14 @@ class Route(_Model):
     )
 
 
-class Http(_Model):
+class Http(StrictModel):
     """Health (/healthz, /readyz) and Prometheus (/metrics) endpoints."""
 
     host: str = Field(default="127.0.0.1", description="Address the HTTP endpoints bind.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port; 0 picks a free one.")
 
 
-class Timers(_Model):
+class Timers(StrictModel):
     """RFC 3261 timer values (section 17 and table 4)."""
 
     t1_ms: int = Field(default=500, ge=10, description="T1, the RTT estimate.")
@@ -144,12 +133,12 @@ class Timers(_Model):
     )
 
 
-class Logging(_Model):
+class Logging(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
     format: Literal["json", "text"] = Field(default="json", description="json: one object a line.")
 
 
-class PodStatus(_Model):
+class PodStatus(StrictModel):
     """In Kubernetes, the SBC writes its Microsoft proxies' OPTIONS state into an annotation on
     its own Pod (``sbc.teams-sbc.io/teams-proxies``), which the operator reads for the trunk's
     TeamsReachable condition (docs/operator.md). Active only with a Teams edge and the env
@@ -170,7 +159,7 @@ class PodStatus(_Model):
     )
 
 
-class SbcConfig(_Model):
+class SbcConfig(StrictModel):
     """The whole file."""
 
     listeners: list[Listener] = Field(min_length=1, description="SIP sockets to listen on.")
@@ -285,23 +274,8 @@ class SbcConfig(_Model):
 def load_config(path: str | Path) -> SbcConfig:
     """Read and validate a config file; any problem becomes one ConfigError naming the key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_config(raw, source=str(path))
+    return parse_config(read_yaml(path, ConfigError, "config file "), source=str(path))
 
 
 def parse_config(raw: object, source: str = "<config>") -> SbcConfig:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping")
-    try:
-        return SbcConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from exc
+    return validate(SbcConfig, raw, source, ConfigError)

@@ -212,6 +212,13 @@ class MediaBed:
     def signal_carrier(self, uac: SippUac, call: Traced) -> None:
         self.signal(uac.port, call, lambda: self.uac_messages(uac))
 
+    def carrier_hangs_up(self, uac: SippUac, call: Traced) -> None:
+        """The carrier's last step (its BYE): its sipp completes the call, no session is left."""
+        self.signal_carrier(uac, call)
+        run = uac.finish()
+        assert run.stats.all_ok, run.error_path.read_text() if run.error_path.exists() else run
+        self.wait_no_sessions()
+
     def signal_teams(self, call: Traced) -> None:
         assert self.teams is not None
         self.signal(self.teams.port, call, self.teams_messages)
@@ -317,6 +324,52 @@ class MediaBed:
             raise AssertionError(f"rtpengine kept sessions {last}") from exc
 
 
+def _two_listener_sbc(
+    sbc_factory: SbcFactory, towards: str, next_hop: str, **sbc_config: Any
+) -> SbcProcess:
+    """The SBC, not started: a "carrier" and a "teams" UDP listener; the calls arriving on the
+    other one go to ``next_hop`` out of listener ``towards``."""
+    source = "carrier" if towards == "teams" else "teams"
+    return sbc_factory(
+        start=False,
+        listeners=[
+            {"name": "carrier", "transport": "udp", "host": HOST},
+            {"name": "teams", "transport": "udp", "host": HOST},
+        ],
+        routes=[
+            {
+                "name": f"to-{towards}",
+                "from_listeners": [source],
+                "next_hop": f"sip:{next_hop}",
+                "listener": towards,
+            }
+        ],
+        **sbc_config,
+    )
+
+
+def _start_with_media(
+    sbc: SbcProcess, engine: Rtpengine, media: dict[str, Any] | None = None
+) -> None:
+    """Start ``sbc`` anchoring media on ``engine``, SRTP towards "teams" (``media``: more
+    keys of the media section)."""
+    sbc.config["media"] = {
+        "rtpengines": [{"address": engine.ng_address}],
+        "teams_listeners": ["teams"],
+        **FAST_MEDIA,
+        **(media or {}),
+    }
+    sbc.start()
+
+
+def _carrier_rtp_file(sipp_factory: SippFactory) -> Path:
+    """The carrier's audio, where sipp's rtp_stream reads it: its working directory (it
+    expands no keyword)."""
+    rtp_file = sipp_factory.log_dir / "carrier.pcmu"
+    rtp_file.write_bytes(b"".join(carrier_frames()))
+    return rtp_file
+
+
 def make_media_bed(
     tmp_path: Path,
     sbc_factory: SbcFactory,
@@ -357,22 +410,7 @@ def make_media_bed(
             *key_args,
         ],
     )  # fmt: skip
-    sbc = sbc_factory(
-        start=False,
-        listeners=[
-            {"name": "carrier", "transport": "udp", "host": HOST},
-            {"name": "teams", "transport": "udp", "host": HOST},
-        ],
-        routes=[
-            {
-                "name": "to-teams",
-                "from_listeners": ["carrier"],
-                "next_hop": f"sip:{teams.address}",
-                "listener": "teams",
-            }
-        ],
-        **(sbc_config or {}),
-    )
+    sbc = _two_listener_sbc(sbc_factory, "teams", teams.address, **(sbc_config or {}))
     engine = rtpengine_factory(
         extra_args=[
             f"--b2b-url=http://{HOST}:{sbc.http_port}/rtpengine/timeout",
@@ -380,16 +418,8 @@ def make_media_bed(
             *rtpengine_args,
         ]
     )
-    sbc.config["media"] = {
-        "rtpengines": [{"address": engine.ng_address}],
-        "teams_listeners": ["teams"],
-        **FAST_MEDIA,
-        **(media or {}),
-    }
-    sbc.start()
-    # rtp_stream reads its file from sipp's working directory (it expands no keyword).
-    rtp_file = sipp_factory.log_dir / "carrier.pcmu"
-    rtp_file.write_bytes(b"".join(carrier_frames()))
+    _start_with_media(sbc, engine, media)
+    rtp_file = _carrier_rtp_file(sipp_factory)
     return MediaBed(
         sbc, engine, sipp_factory, teams, trace, teams_socket, keys, rtp_file,
         teams_sockets=sockets,
@@ -407,8 +437,7 @@ def make_calls_from_teams_bed(
     UAS streaming and echoing RTP). Returns the bed, the carrier and the carrier's trace."""
     teams_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     teams_socket.bind((HOST, 0))
-    rtp_file = sipp_factory.log_dir / "carrier.pcmu"
-    rtp_file.write_bytes(b"".join(carrier_frames()))
+    rtp_file = _carrier_rtp_file(sipp_factory)
     carrier_trace = sipp_factory.log_dir / "carrier.messages.log"
     carrier = sipp_factory.uas(
         scenario=SCENARIOS / "uas_carrier_media.xml",
@@ -417,28 +446,9 @@ def make_calls_from_teams_bed(
             "-mi", HOST, "-mp", str(free_port_range(4, HOST)), "-rtp_echo",
         ],
     )  # fmt: skip
-    sbc = sbc_factory(
-        start=False,
-        listeners=[
-            {"name": "carrier", "transport": "udp", "host": HOST},
-            {"name": "teams", "transport": "udp", "host": HOST},
-        ],
-        routes=[
-            {
-                "name": "to-carrier",
-                "from_listeners": ["teams"],
-                "next_hop": f"sip:{carrier.address}",
-                "listener": "carrier",
-            }
-        ],
-    )
+    sbc = _two_listener_sbc(sbc_factory, "carrier", carrier.address)
     engine = rtpengine_factory()
-    sbc.config["media"] = {
-        "rtpengines": [{"address": engine.ng_address}],
-        "teams_listeners": ["teams"],
-        **FAST_MEDIA,
-    }
-    sbc.start()
+    _start_with_media(sbc, engine)
     trace = sipp_factory.log_dir / "not-started.messages.log"
     bed = MediaBed(sbc, engine, sipp_factory, None, trace, teams_socket, [teams_key], rtp_file)
     return bed, carrier, carrier_trace

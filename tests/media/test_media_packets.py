@@ -120,6 +120,22 @@ async def anchored(pool: RelayPool, call_id: str) -> AsyncIterator[Call]:
         assert await relay.client.list_calls() == before, "rtpengine kept a session"
 
 
+@contextlib.asynccontextmanager
+async def call_peers(
+    relay: MediaRelay, call_id: str, from_tag: str, count: int
+) -> AsyncIterator[list[UdpPeer]]:
+    """``count`` UDP peers for call ``call_id``; then the call is deleted (by ``from_tag``: all
+    of it) and the peers closed, and, unless the test failed, rtpengine holds no session."""
+    peers = [await UdpPeer.open() for _ in range(count)]
+    try:
+        yield peers
+    finally:
+        await relay.delete(call_id=call_id, from_tag=from_tag)
+        for peer in peers:
+            peer.close()
+    assert await relay.client.list_calls() == []
+
+
 def payloads(packets: list[RtpPacket]) -> list[tuple[int, int, bytes]]:
     """What a receiver plays out: packets in sequence-number order. RTP runs over UDP, and
     rtpengine's first packet of a stream may take its slower learning path and arrive after
@@ -265,12 +281,11 @@ def test_call_from_teams_with_microsoft_sdp(rtpengine: Rtpengine) -> None:
     async def scenario() -> None:
         async with started(pool_for(rtpengine)) as pool:
             relay = pool.pick()
-            carrier, teams = await UdpPeer.open(), await UdpPeer.open()
             mki_key = SdesKey(
                 2, "AES_CM_128_HMAC_SHA1_80", SdesKey.generate().key_salt, "2^31", 1, 1
             )
             plain_key = SdesKey(3, "AES_CM_128_HMAC_SHA1_80", SdesKey.generate().key_salt, "2^31")
-            try:
+            async with call_peers(relay, "out-1", TEAMS_TAG, 2) as (carrier, teams):
                 to_carrier = await relay.offer(
                     call_id="out-1",
                     from_tag=TEAMS_TAG,
@@ -300,11 +315,6 @@ def test_call_from_teams_with_microsoft_sdp(rtpengine: Rtpengine) -> None:
                 assert payloads(await call.teams_to_carrier(sent)) == payloads(sent)
                 back = pcmu_packets(4, ssrc=0x77777777, first_seq=9000)
                 assert payloads(await call.carrier_to_teams(back)) == payloads(back)
-            finally:
-                await relay.delete(call_id="out-1", from_tag=TEAMS_TAG)
-                carrier.close()
-                teams.close()
-            assert await relay.client.list_calls() == []
 
     run(scenario())
 
@@ -313,9 +323,8 @@ def test_teams_offering_only_the_32_bit_tag_is_accepted(rtpengine: Rtpengine) ->
     async def scenario() -> None:
         async with started(pool_for(rtpengine)) as pool:
             relay = pool.pick()
-            carrier, teams = await UdpPeer.open(), await UdpPeer.open()
             key = SdesKey.generate("AES_CM_128_HMAC_SHA1_32", tag=1)
-            try:
+            async with call_peers(relay, "out-32", TEAMS_TAG, 2) as (carrier, teams):
                 to_carrier = await relay.offer(
                     call_id="out-32",
                     from_tag=TEAMS_TAG,
@@ -337,11 +346,6 @@ def test_teams_offering_only_the_32_bit_tag_is_accepted(rtpengine: Rtpengine) ->
                 sent = pcmu_packets(3, ssrc=0x88888888)
                 assert payloads(await call.teams_to_carrier(sent)) == payloads(sent)
                 assert payloads(await call.carrier_to_teams(sent)) == payloads(sent)
-            finally:
-                await relay.delete(call_id="out-32", from_tag=TEAMS_TAG)
-                carrier.close()
-                teams.close()
-            assert await relay.client.list_calls() == []
 
     run(scenario())
 
@@ -399,9 +403,9 @@ def test_media_bypass_rtpengine_is_ice_lite_towards_teams(rtpengine: Rtpengine) 
     async def scenario() -> None:
         async with started(pool_for(rtpengine)) as pool:
             relay = pool.pick()
-            carrier, default, reflexive = [await UdpPeer.open() for _ in range(3)]
             teams_key = SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1)
-            try:
+            async with call_peers(relay, "bypass-1", CARRIER_TAG, 3) as peers:
+                carrier, default, reflexive = peers
                 to_teams = await relay.offer(
                     call_id="bypass-1", from_tag=CARRIER_TAG, sdp=carrier_sdp(carrier.port),
                     towards=Leg.TEAMS, policy=BYPASS,
@@ -442,11 +446,6 @@ def test_media_bypass_rtpengine_is_ice_lite_towards_teams(rtpengine: Rtpengine) 
                     reflexive.send(sender.protect(packet.encode()), port)
                 got = [RtpPacket.decode(await carrier.receive()) for _ in back]
                 assert payloads(got) == payloads(back)
-            finally:
-                await relay.delete(call_id="bypass-1", from_tag=CARRIER_TAG)
-                for peer in (carrier, default, reflexive):
-                    peer.close()
-            assert await relay.client.list_calls() == []
 
     run(scenario())
 
@@ -462,9 +461,8 @@ def test_media_bypass_call_from_teams_keeps_ice_credentials_from_183_to_200(
     async def scenario() -> None:
         async with started(pool_for(rtpengine)) as pool:
             relay = pool.pick()
-            carrier, default, reflexive = [await UdpPeer.open() for _ in range(3)]
             teams_key = SdesKey.generate("AES_CM_128_HMAC_SHA1_80", tag=1)
-            try:
+            async with call_peers(relay, "bypass-2", TEAMS_TAG, 3) as (carrier, default, reflexive):
                 to_carrier = await relay.offer(
                     call_id="bypass-2", from_tag=TEAMS_TAG,
                     sdp=bypass_answer(default, reflexive, teams_key), towards=Leg.CARRIER,
@@ -497,11 +495,6 @@ def test_media_bypass_call_from_teams_keeps_ice_credentials_from_183_to_200(
                 for packet in back:
                     carrier.send(packet.encode(), audio(to_carrier).port)
                 assert payloads(await srtp_at(reflexive, rtpengine_key, 3)) == payloads(back)
-            finally:
-                await relay.delete(call_id="bypass-2", from_tag=TEAMS_TAG)
-                for peer in (carrier, default, reflexive):
-                    peer.close()
-            assert await relay.client.list_calls() == []
 
     run(scenario())
 
@@ -537,10 +530,9 @@ def test_forked_answers_under_the_offers_via_branch_keep_srtp(rtpengine: Rtpengi
     async def scenario() -> None:
         async with started(pool_for(rtpengine)) as pool:
             relay = pool.relays[0]
-            carrier = await UdpPeer.open()
-            forks = {tag: await UdpPeer.open() for tag in "AXB"}
             keys = {tag: SdesKey.generate(tag=1) for tag in "AXB"}
-            try:
+            async with call_peers(relay, "fork-1", CARRIER_TAG, 4) as (carrier, *fork_peers):
+                forks = dict(zip("AXB", fork_peers, strict=True))
                 to_teams = await relay.offer(
                     call_id="fork-1", from_tag=CARRIER_TAG, sdp=carrier_sdp(carrier.port),
                     towards=Leg.TEAMS, policy=POLICY, via_branch=branch,
@@ -587,11 +579,6 @@ def test_forked_answers_under_the_offers_via_branch_keep_srtp(rtpengine: Rtpengi
                               offer_key, new_key, 6000)  # fmt: skip
                 reply = await relay.delete(call_id="fork-1", from_tag="B")
                 assert "warning" not in reply
-            finally:
-                await relay.delete(call_id="fork-1", from_tag=CARRIER_TAG)
-                for peer in (carrier, *forks.values()):
-                    peer.close()
-            assert await relay.client.list_calls() == []
 
     run(scenario())
 
@@ -604,9 +591,8 @@ def test_forked_answer_without_via_branch_gets_a_leg_without_crypto(rtpengine: R
     async def scenario() -> None:
         async with started(pool_for(rtpengine)) as pool:
             relay = pool.relays[0]
-            carrier, fork_a, fork_b = [await UdpPeer.open() for _ in range(3)]
             key_a, key_b = SdesKey.generate(tag=1), SdesKey.generate(tag=1)
-            try:
+            async with call_peers(relay, "fork-2", CARRIER_TAG, 3) as (carrier, fork_a, fork_b):
                 to_teams = await relay.offer(
                     call_id="fork-2", from_tag=CARRIER_TAG, sdp=carrier_sdp(carrier.port),
                     towards=Leg.TEAMS, policy=POLICY,
@@ -633,10 +619,5 @@ def test_forked_answer_without_via_branch_gets_a_leg_without_crypto(rtpengine: R
                 assert sorted(reply["tags"]) == sorted([CARRIER_TAG, "A", "B"])
                 log = rtpengine.proc.log_text() if rtpengine.proc is not None else ""
                 assert "no crypto suite was negotiated" in log
-            finally:
-                await relay.delete(call_id="fork-2", from_tag=CARRIER_TAG)
-                for peer in (carrier, fork_a, fork_b):
-                    peer.close()
-            assert await relay.client.list_calls() == []
 
     run(scenario())

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.testbed.kube import CommandFailed, KubeCluster
-from tests.testbed.process import ManagedProcess, free_port, wait_until
+from tests.testbed.process import ManagedProcess, free_port, scrape_flat, wait_until
 
 GROUP, VERSION = "sbc.teams-sbc.io", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -73,15 +73,7 @@ class Operator:
 
     def metrics(self) -> dict[str, float]:
         """The operator's /metrics as {'name{labels}': value}."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=3) as reply:
-            text = reply.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return scrape_flat(self.metrics_port)
 
     def passes(self) -> float:
         """Passes over trunks this process has finished (any result)."""

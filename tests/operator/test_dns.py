@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import Kube, Operator, tenant_manifest, trunk_manifest
-from tests.testbed import dns as dns_testbed
 from tests.testbed.dns import DnsServer, TsigKey
 from tests.testbed.process import wait_until
 
@@ -41,17 +40,27 @@ def tsig_secret(namespace: str, key: TsigKey, name: str = "tsig") -> dict[str, A
     }
 
 
-def dns_spec(server: DnsServer, port: int | None = None) -> dict[str, Any]:
+def dns_spec(server: DnsServer) -> dict[str, Any]:
     return {
         "rfc2136": {
             "server": server.host,
-            "port": port or server.port,
+            "port": server.port,
             "zone": "sbc.test",
             "tsigKeyName": server.key.name,
             "tsigSecretRef": {"name": "tsig"},
             "ttl": 60,
         }
     }
+
+
+def dns_trunk(namespace: str, server: DnsServer, *addresses: str) -> dict[str, Any]:
+    """Trunk sbc1 (dev CA certificate) publishing ``addresses`` through ``server``."""
+    return trunk_manifest(
+        namespace,
+        certificate={"devCA": True},
+        publicAddresses=list(addresses),
+        dns=dns_spec(server),
+    )
 
 
 def a(server: DnsServer, name: str) -> set[str]:
@@ -68,12 +77,7 @@ def test_records_follow_the_trunk_and_its_tenants(
     ns = kube.namespace
     kube.apply(
         tsig_secret(ns, named.key),
-        trunk_manifest(
-            ns,
-            certificate={"devCA": True},
-            publicAddresses=["198.51.100.7", "2001:db8::7"],
-            dns=dns_spec(named),
-        ),
+        dns_trunk(ns, named, "198.51.100.7", "2001:db8::7"),
         tenant_manifest(ns, "contoso"),
         tenant_manifest(ns, "fabrikam"),
         tenant_manifest(ns, "taken"),
@@ -101,11 +105,7 @@ def test_records_follow_the_trunk_and_its_tenants(
     ]  # fmt: skip
 
     # A new address: every record follows.
-    kube.apply(
-        trunk_manifest(
-            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.8"], dns=dns_spec(named)
-        )
-    )
+    kube.apply(dns_trunk(ns, named, "198.51.100.8"))
     eventually(lambda: a(named, "fabrikam.sbc1.sbc.test") == {"198.51.100.8"}, "new A", operator)
     assert a(named, "sbc1.sbc.test") == {"198.51.100.8"}
     assert named.records_of("sbc1.sbc.test", "AAAA") == set()
@@ -141,9 +141,7 @@ def test_renamed_subdomain_moves_its_record(
     ns = kube.namespace
     kube.apply(
         tsig_secret(ns, named.key),
-        trunk_manifest(
-            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.7"], dns=dns_spec(named)
-        ),
+        dns_trunk(ns, named, "198.51.100.7"),
         tenant_manifest(ns, "contoso"),
     )
     eventually(lambda: a(named, "contoso.sbc1.sbc.test") == {"198.51.100.7"}, "record", operator)
@@ -155,7 +153,7 @@ def test_renamed_subdomain_moves_its_record(
 
 
 def test_unreachable_server_is_reported_retried_and_blocks_nothing_else(
-    kube: Kube, operator: Operator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kube: Kube, operator: Operator, tmp_path: Path
 ) -> None:
     ns = kube.namespace
     first = DnsServer(tmp_path / "named-1").start()
@@ -163,9 +161,7 @@ def test_unreachable_server_is_reported_retried_and_blocks_nothing_else(
     first.stop()  # nothing answers on that port now
     kube.apply(
         tsig_secret(ns, key),
-        trunk_manifest(
-            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.7"], dns=dns_spec(first)
-        ),
+        dns_trunk(ns, first, "198.51.100.7"),
         tenant_manifest(ns, "contoso"),
     )
     cond = kube.wait_condition(
@@ -188,8 +184,7 @@ def test_unreachable_server_is_reported_retried_and_blocks_nothing_else(
     eventually(lambda: operator.metrics().get(errors, 0) >= 3, "three attempts", operator)
 
     # The server comes back on the same port: the next retry publishes the records.
-    monkeypatch.setattr(dns_testbed, "free_port_both", lambda host="127.0.0.1": port)
-    second = DnsServer(tmp_path / "named-2", key=key).start()
+    second = DnsServer(tmp_path / "named-2", key=key, port=port).start()
     try:
         assert second.port == port
         kube.wait_condition("teamstrunk", "sbc1", "DNSReady", timeout=60, proc=operator.proc)
@@ -201,11 +196,7 @@ def test_unreachable_server_is_reported_retried_and_blocks_nothing_else(
 
 def test_tsig_problems_are_conditions(kube: Kube, operator: Operator, named: DnsServer) -> None:
     ns = kube.namespace
-    kube.apply(
-        trunk_manifest(
-            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.7"], dns=dns_spec(named)
-        )
-    )
+    kube.apply(dns_trunk(ns, named, "198.51.100.7"))
     cond = kube.wait_condition(
         "teamstrunk", "sbc1", "DNSReady", "False", reason="TSIGSecretNotFound", proc=operator.proc
     )
@@ -226,9 +217,7 @@ def test_moving_to_another_zone_leaves_the_old_records_and_says_so(
     ns = kube.namespace
     kube.apply(
         tsig_secret(ns, named.key),
-        trunk_manifest(
-            ns, certificate={"devCA": True}, publicAddresses=["198.51.100.7"], dns=dns_spec(named)
-        ),
+        dns_trunk(ns, named, "198.51.100.7"),
     )
     eventually(lambda: a(named, "sbc1.sbc.test") == {"198.51.100.7"}, "first record", operator)
     other = DnsServer(tmp_path / "named-other", zone="other.test", key=named.key).start()

@@ -8,9 +8,10 @@ from typing import Any
 
 from teams_sbc.config import SbcConfig, parse_config
 from teams_sbc.metrics import Metrics
-from teams_sbc.sip.message import Request, Response, make_response, parse_message
+from teams_sbc.sip.message import Request, make_response
 from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.teams.edge import TeamsProxy
+from tests.sip import test_proxy as sip_harness
 
 #: Microsoft's proxy as it connects to us (any address of its ranges, any port).
 TEAMS_IN = Peer("tls", "52.114.75.24", 40000)
@@ -69,41 +70,20 @@ def config(**teams: Any) -> SbcConfig:
 
 
 @dataclass
-class Out:
-    raw: bytes
-    peer: Peer
-    listener: str
+class Out(sip_harness.Out):
+    """One message the edge queued (see tests/sip/test_proxy.py), with the transport's item."""
+
     item: Outgoing | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def msg(self) -> Request | Response:
-        return parse_message(self.raw)
 
-    @property
-    def is_response(self) -> bool:
-        return self.raw.startswith(b"SIP/2.0 ")
+class Edge(sip_harness.Bench):
+    """A TeamsProxy, its metrics and a virtual clock starting at 1000 s; feeding, taking and
+    advancing the clock work as for the plain proxy's :class:`Bench`."""
 
-    @property
-    def status(self) -> int:
-        return int(self.raw.split(b" ", 2)[1])
-
-    @property
-    def req(self) -> Request:
-        msg = self.msg
-        assert isinstance(msg, Request), msg
-        return msg
-
-    @property
-    def resp(self) -> Response:
-        msg = self.msg
-        assert isinstance(msg, Response), msg
-        return msg
-
-
-class Edge:
-    """A TeamsProxy, its metrics and a virtual clock starting at 1000 s."""
+    proxy: TeamsProxy
 
     def __init__(self, cfg: SbcConfig | None = None, *, probes: bool = False) -> None:
+        # Not Bench.__init__: the same set-up, around a TeamsProxy instead of a Proxy.
         self.metrics = Metrics()
         self.tokens = (f"{n:016x}" for n in range(1, 1_000_000))
         self.proxy = TeamsProxy(cfg or config(), self.metrics, token=lambda _n: next(self.tokens))
@@ -113,36 +93,16 @@ class Edge:
             for state in self.proxy.pool.states:
                 state.next_probe_at = float("inf")
 
-    def feed(self, data: bytes | str, peer: Peer, listener: str) -> list[Out]:
-        if isinstance(data, str):
-            data = data.encode()
-        self.proxy.receive(data, peer, listener, self.now)
-        return self.take()
-
     def from_teams(self, data: bytes | str) -> list[Out]:
         return self.feed(data, TEAMS_IN, "teams")
 
     def from_carrier(self, data: bytes | str) -> list[Out]:
         return self.feed(data, CARRIER, "carrier")
 
-    def take(self) -> list[Out]:
+    def take(self) -> list[Out]:  # type: ignore[override]  # Out carries the item here
         out = [Out(item.data, item.peer, item.listener, item) for item in self.proxy.outbox]
         self.proxy.outbox.clear()
         return out
-
-    def advance(self, seconds: float) -> list[Out]:
-        end = self.now + seconds
-        out: list[Out] = []
-        while (deadline := self.proxy.next_deadline()) is not None and deadline <= end:
-            self.now = max(self.now, deadline)
-            self.proxy.advance(self.now)
-            out += self.take()
-        self.now = end
-        return out
-
-    def sample(self, name: str, **labels: str) -> float:
-        value = self.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else value
 
 
 def requests(outs: list[Out]) -> list[Out]:

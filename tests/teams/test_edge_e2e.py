@@ -27,14 +27,16 @@ from cryptography import x509
 
 from teams_sbc.pki import CertFiles, DevCA
 from teams_sbc.sip.message import Request, Response
+from tests.teams import sbc_edge
 from tests.teams.peers import ProxyPeer, TeamsClient
+from tests.teams.sbc_edge import sipp_errors
 from tests.testbed.process import free_port, wait_until
 from tests.testbed.sbc import SbcFactory, SbcProcess
-from tests.testbed.sipp import SippFactory, SippUas, UacRun
+from tests.testbed.sipp import SippFactory, SippUas
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "testbed" / "scenarios"
 HERE_SCENARIOS = Path(__file__).parent / "scenarios"
-FQDN = "sbc.carrier.test"
+FQDN = sbc_edge.FQDN
 CONTOSO = f"contoso.{FQDN}"
 MS_NAMES = [
     "sip.pstnhub.microsoft.com",
@@ -99,43 +101,14 @@ class BedFactory:
                 scenario=SCENARIOS / uas_scenario,
                 extra_args=["-trace_msg", "-message_file", str(trace)],
             )
-        section: dict[str, Any] = {
-            "fqdn": FQDN,
-            "teams_listener": "teams",
-            "carrier_listener": "carrier",
-            "carrier": {"next_hop": f"sip:{uas.address if uas else '127.0.0.1:9'}"},
-            "proxies": [
-                {"name": MS_NAMES[0], "address": "127.0.0.1", "port": sip.port},
-                {"name": MS_NAMES[1], "address": "127.0.0.1", "port": sip2.port},
-                {"name": MS_NAMES[2], "address": "127.0.0.1", "port": closed},
-            ],
-            "options_interval": 0.5,
-            "options_timeout": 1.0,
-            "failover_timeout": 1.0,
-            "tenants": [
-                {"name": "contoso", "numbers": ["+4930123"]},
-                {"name": "fabrikam", "label": "fab", "numbers": ["+4940555"]},
-            ],
-            "policies": {"default": {"numbers": {"country_code": "49"}}},
-            "allow_sources": ["127.0.0.0/8"],
-        }
-        section.update(teams)
+        proxies = [
+            {"name": MS_NAMES[0], "address": "127.0.0.1", "port": sip.port},
+            {"name": MS_NAMES[1], "address": "127.0.0.1", "port": sip2.port},
+            {"name": MS_NAMES[2], "address": "127.0.0.1", "port": closed},
+        ]
         sbc = self.sbc_factory(
-            listeners=[
-                {
-                    "name": "teams",
-                    "transport": "tls",
-                    "host": "127.0.0.1",
-                    "advertise": FQDN,
-                    "tls": {
-                        "cert_file": str(self.sbc_cert.cert),
-                        "key_file": str(self.sbc_cert.key),
-                        "ca_file": str(self.ca.cert_path),
-                    },
-                },
-                {"name": "carrier", "transport": "udp", "host": "127.0.0.1"},
-            ],
-            teams=section,
+            listeners=sbc_edge.listeners(self.sbc_cert, self.ca.cert_path),
+            teams=sbc_edge.teams_section(uas.address if uas else None, proxies, **teams),
             tls_reload_seconds=0.2,
         )
         peers = {"sip": sip, "sip2": sip2}
@@ -155,12 +128,6 @@ def beds(
         yield factory
     finally:
         factory.close()
-
-
-def _sipp_errors(run: UacRun) -> str:
-    """What sipp said went wrong, for the assertion message."""
-    errors = run.error_path.read_text() if run.error_path.exists() else ""
-    return f"{run.stats}\n{errors[-3000:]}"
 
 
 # -- OPTIONS keepalive --------------------------------------------------------------------------
@@ -201,7 +168,7 @@ def test_call_from_the_carrier_reaches_teams_as_microsoft_wants_it(
     run = sipp_factory.uac(bed.sbc.address("carrier"), calls=1,
                            scenario=HERE_SCENARIOS / "uac_call_to_teams.xml",
                            extra_args=["-s", "030123456"])  # fmt: skip
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     dialog = bed.peers["sip"].next_invite()
     invite = dialog.invite
     assert invite.uri == "sip:+4930123456@sip.pstnhub.microsoft.com:5061;user=phone;transport=tls"
@@ -232,7 +199,7 @@ def test_ack_with_the_first_180s_tag_is_repaired(
     run = sipp_factory.uac(bed.sbc.address("carrier"), calls=1,
                            scenario=HERE_SCENARIOS / "uac_ack_with_180_tag.xml",
                            extra_args=["-s", "030123456"])  # fmt: skip
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     dialog = bed.peers["sip"].next_invite()
     bed.peers["sip"].wait(lambda: bool(dialog.acks and dialog.byes))
     assert [a.to_tag for a in dialog.acks] == ["fork-d"]
@@ -247,7 +214,7 @@ def test_failover_when_sip_is_silent(beds: BedFactory, sipp_factory: SippFactory
     run = sipp_factory.uac(bed.sbc.address("carrier"), calls=1,
                            scenario=HERE_SCENARIOS / "uac_call_to_teams.xml",
                            extra_args=["-s", "040555123"])  # fmt: skip
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     assert bed.peers["sip"].dialogs, "sip was tried first"
     dialog = bed.peers["sip2"].next_invite()
     assert dialog.invite.uri.startswith("sip:+4940555123@sip2.pstnhub.microsoft.com")

@@ -31,6 +31,8 @@ from cryptography import x509
 from teams_sbc.emulator import CallRecord, EmulatorThread
 from teams_sbc.pki import CertFiles
 from tests.media.sipp_bed import FAST_MEDIA, carrier_frames
+from tests.teams import sbc_edge
+from tests.teams.sbc_edge import sipp_errors
 from tests.testbed.process import free_port, free_port_range, wait_until
 from tests.testbed.rtpengine import Rtpengine
 from tests.testbed.sbc import SbcFactory, SbcProcess
@@ -39,7 +41,7 @@ from tests.testbed.teams_emulator import EmulatorFactory, TestPki
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 MEDIA_SCENARIOS = Path(__file__).resolve().parents[1] / "testbed" / "scenarios"
-FQDN = "sbc.carrier.test"
+FQDN = sbc_edge.FQDN
 CONTOSO = f"contoso.{FQDN}"
 FAB = f"fab.{FQDN}"
 NUMBERS = {CONTOSO: ("030123456", "+4930123456"), FAB: ("040555123", "+4940555123")}
@@ -121,44 +123,14 @@ class EdgeFactory:
             if not scenario.exists():  # the media tests' carrier
                 scenario = MEDIA_SCENARIOS / uas_scenario
             uas = self.sipp.uas(scenario=scenario, extra_args=uas_args or [])
-        section: dict[str, Any] = {
-            "fqdn": FQDN,
-            "teams_listener": "teams",
-            "carrier_listener": "carrier",
-            "carrier": {"next_hop": f"sip:{uas.address if uas else '127.0.0.1:9'}"},
-            "proxies": [
-                {"name": f"{name}.pstnhub.microsoft.com", "address": host, "port": p}
-                for name in ("sip", "sip2", "sip3")
-                for host, p in [emu.address(name)]
-            ],
-            "options_interval": 0.5,
-            "options_timeout": 1.0,
-            "failover_timeout": 1.0,
-            "tenants": [
-                {"name": "contoso", "numbers": ["+4930123"]},
-                {"name": "fabrikam", "label": "fab", "numbers": ["+4940555"]},
-            ],
-            "policies": {"default": {"numbers": {"country_code": "49"}}},
-            "allow_sources": ["127.0.0.0/8"],
-            **teams,
-        }
+        proxies = [
+            {"name": f"{name}.pstnhub.microsoft.com", "address": host, "port": p}
+            for name in ("sip", "sip2", "sip3")
+            for host, p in [emu.address(name)]
+        ]
         sbc = self.sbc_factory(
-            listeners=[
-                {
-                    "name": "teams",
-                    "transport": "tls",
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "advertise": FQDN,
-                    "tls": {
-                        "cert_file": str(cert.cert),
-                        "key_file": str(cert.key),
-                        "ca_file": str(pki.ca_file),
-                    },
-                },
-                {"name": "carrier", "transport": "udp", "host": "127.0.0.1"},
-            ],
-            teams=section,
+            listeners=sbc_edge.listeners(cert, pki.ca_file, port),
+            teams=sbc_edge.teams_section(uas.address if uas else None, proxies, **teams),
             tls_reload_seconds=0.2,
             **({"media": media} if media else {}),
             env=sbc_env,
@@ -172,12 +144,6 @@ def edges(
     teams_emulator_factory: EmulatorFactory, sbc_factory: SbcFactory, sipp_factory: SippFactory
 ) -> Iterator[EdgeFactory]:
     yield EdgeFactory(teams_emulator_factory, sbc_factory, sipp_factory)
-
-
-def _sipp_errors(run: UacRun) -> str:
-    """What sipp said went wrong, for the assertion message."""
-    errors = run.error_path.read_text() if run.error_path.exists() else ""
-    return f"{run.stats}\n{errors[-3000:]}"
 
 
 # -- OPTIONS ----------------------------------------------------------------------------------
@@ -208,7 +174,7 @@ def test_call_to_teams_answered_and_ended_by_the_carrier(edges: EdgeFactory, ten
     edge = edges()
     national, e164 = NUMBERS[tenant]
     run = edge.call_from_carrier("uac_call_to_teams.xml", national)
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)
     assert record.direction == "to-teams" and record.number == e164 and record.trunk == tenant
@@ -241,7 +207,7 @@ def test_call_to_teams_ended_by_teams(edges: EdgeFactory) -> None:
 def test_hold_and_resume_from_the_carrier_reach_teams_as_inactive(edges: EdgeFactory) -> None:
     edge = edges()
     run = edge.call_from_carrier("uac_hold_resume.xml", "040555123")
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)  # strict_hold: a=sendonly would have been 488 and a violation
     reinvites = [e.message for e in record.ladder if e.arrow == "<-" and
@@ -253,7 +219,7 @@ def test_cancel_of_a_call_to_teams(edges: EdgeFactory) -> None:
     edge = edges(emulator={"users": [{"number": "+4930123999", "behaviour": "no-answer"}],
                            "unknown_numbers": "answer"})  # fmt: skip
     run = edge.call_from_carrier("uac_cancel_teams.xml", "030123999")
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     record = edge.emu.wait_call(edge.only_call().call_id, "cancelled")
     assert not record.violations
 
@@ -262,7 +228,7 @@ def test_busy_teams_user_reaches_the_carrier_as_cause_17(edges: EdgeFactory) -> 
     edge = edges(emulator={"users": [{"number": "+4930123777", "behaviour": "busy"}],
                            "unknown_numbers": "answer"})  # fmt: skip
     run = edge.call_from_carrier("uac_busy_teams.xml", "030123777")  # sipp checks cause=17
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     record = edge.emu.wait_call(edge.only_call().call_id, "rejected")
     assert record.final_status == 486 and not record.violations
 
@@ -270,7 +236,7 @@ def test_busy_teams_user_reaches_the_carrier_as_cause_17(edges: EdgeFactory) -> 
 def test_ack_with_a_180s_tag_is_repaired_and_the_call_lives(edges: EdgeFactory) -> None:
     edge = edges()
     run = edge.call_from_carrier("uac_ack_with_180_tag.xml", "030123456")
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)  # the emulator would ignore a wrong ACK and tear the call down
     # Teams forked: the first 180 (whose tag the carrier used) is not the 200's device.
@@ -284,7 +250,7 @@ def test_failover_when_sip_refuses(edges: EdgeFactory) -> None:
     wait_until(lambda: edge.states() == ["up", "up", "up"], 10, "all proxies up")
     edge.emu.set_failure("sip", "refuse")
     run = edge.call_from_carrier("uac_call_to_teams.xml", "030123456")
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)
     assert record.proxy == "sip2"
@@ -298,7 +264,7 @@ def test_failover_when_sip_answers_503(edges: EdgeFactory) -> None:
     edge = edges()
     edge.emu.set_failure("sip", "503")
     run = edge.call_from_carrier("uac_call_to_teams.xml", "030123456")
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     ok = [c for c in edge.emu.calls() if c.ok]
     assert len(ok) == 1 and ok[0].proxy == "sip2"
     # Whether the call or a keepalive met the 503 first, its Retry-After keeps sip out of new
@@ -439,7 +405,7 @@ def test_call_to_teams_with_rtp_through_rtpengine_both_ways(
         edge.sbc.address("carrier"), calls=1, scenario=SCENARIOS / "uac_media_to_teams.xml",
         extra_args=["-s", "030123456", *_media_args(edges.sipp)],
     )  # fmt: skip
-    assert run.stats.successful == 1, _sipp_errors(run)
+    assert run.stats.successful == 1, sipp_errors(run)
     record = edge.only_call()
     edge.assert_clean(record)
     assert record.media is not None

@@ -3,9 +3,11 @@ normalisations, SDP trimming and hold, ACK repair, and the proxies' state machin
 
 from __future__ import annotations
 
+import itertools
+
 from teams_sbc.sip.message import Request, Response, make_response, parse_message
 from teams_sbc.teams import contact, normalise, record_route
-from teams_sbc.teams.ack_repair import AckRepair
+from teams_sbc.teams.ack_repair import AckRepair, mark_worker, worker_in
 from teams_sbc.teams.config import MicrosoftProxy, NumberRules
 from teams_sbc.teams.proxies import Health, Outcome, ProxyPool, build_options
 from teams_sbc.teams.sdp import ICE_ATTRIBUTES, hold_towards_teams, trim_for_udp
@@ -198,6 +200,28 @@ def test_ack_with_a_provisional_tag_gets_the_2xx_tag() -> None:
     assert len(repair) == 0 and repair.repairs == 1
 
 
+def test_the_worker_mark_rides_in_our_record_route_and_comes_back_in_the_route() -> None:
+    """With workers: the carrier-facing entry (the second of our two) names the worker; the
+    entries above and below keep their bytes; the carrier's Route carries it back."""
+    invite = req(carrier_invite())
+    invite.headers.prepend("Record-Route", "<sip:10.0.0.1:5060;lr;r2=on>")
+    invite.headers.prepend("Record-Route", "<sip:sbc.example.com:5061;transport=tls;lr;r2=on>")
+    invite.headers.append("Record-Route", "<sip:carrier.example.net;lr>, <sip:x.example;lr>")
+    before = invite.headers.values("record-route")
+    mark_worker(invite, 1, 3)
+    after = invite.headers.values("record-route")
+    assert after[:2] == [
+        "<sip:sbc.example.com:5061;transport=tls;lr;r2=on>",
+        "<sip:10.0.0.1:5060;lr;r2=on;sbcw=3>",
+    ]
+    assert after[2:] == before[2:] and after[-2:] == ["<sip:carrier.example.net;lr>",
+                                                      "<sip:x.example;lr>"]  # fmt: skip
+    routes = list(reversed(invite.headers.values("record-route")))
+    assert worker_in(routes) == 3
+    assert worker_in(["<sip:10.0.0.1:5060;lr>"]) is None
+    assert worker_in(["<sip:10.0.0.1:5060;lr;sbcw=>"]) is None  # no digits: no worker
+
+
 # -- Microsoft's proxies ------------------------------------------------------------------------
 
 
@@ -221,6 +245,41 @@ def test_proxy_state_machine_and_failover_order() -> None:
     assert pool.next_deadline() == 60.0
     status = first.status(13.0)
     assert status["state"] == "down" and status["rtt_ms"] == 250.0
+
+
+def test_workers_options_go_in_slots_of_their_own_evenly_spaced() -> None:
+    """Three workers, interval 60: each probes at once when it starts, then on its own slot
+    (0, 20, 40 s past each minute of the shared monotonic clock), every 60 s: the SBC's
+    OPTIONS to the proxy are 20 s apart, not three at once."""
+    proxy = (MicrosoftProxy(name="sip.example.com"),)
+    pools = [ProxyPool(proxy, interval=60, timeout=10, retry_after_max=300) for _ in range(3)]
+    for index, pool in enumerate(pools):
+        pool.stagger(index, 3)
+    sent: list[tuple[float, int]] = []
+    for tick in range(0, 3000):  # 0.1 s steps, 300 s; the workers started at 1000.3 s
+        now = 1000.3 + tick / 10
+        for index, pool in enumerate(pools):
+            for state in pool.due_probes(now):
+                sent.append((round(now, 1), index))
+                pool.probe_answered(state, 200, "OK", now + 0.05)
+    assert sent[:3] == [(1000.3, 0), (1000.3, 1), (1000.3, 2)]  # first, at once
+    later = sent[3:]
+    assert [round(t % 60, 1) for t, _ in later[:6]] == [20.0, 40.0, 0.0, 20.0, 40.0, 0.0]
+    assert [i for _, i in later[:6]] == [1, 2, 0, 1, 2, 0]
+    gaps = {round(b - a, 1) for (a, _), (b, _) in itertools.pairwise(later)}
+    assert gaps == {20.0}
+    for index in range(3):  # each worker still probes every interval (its own first-hand view)
+        mine = [t for t, i in later if i == index]
+        assert {round(b - a, 1) for a, b in itertools.pairwise(mine)} == {60.0}
+    # The first slot after a start is at least half an interval away: no double probe.
+    assert all(later[i][0] - 1000.3 >= 30 for i in range(3))
+
+
+def test_a_single_process_keeps_its_plain_interval() -> None:
+    pool = ProxyPool((MicrosoftProxy(name="sip.example.com"),), 60, 10, 300)
+    pool.stagger(0, 1)
+    (state,) = pool.due_probes(7.5)
+    assert state.next_probe_at == 67.5
 
 
 def test_options_keepalive_names_the_fqdn() -> None:

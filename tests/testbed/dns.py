@@ -71,7 +71,10 @@ class DnsServer:
         host: str = "127.0.0.1",
         key: TsigKey | None = None,
         records: list[str] | None = None,
+        port: int | None = None,
     ) -> None:
+        """``port``: where :meth:`start` listens (UDP and TCP); default, a port free then (a
+        test restarting a server on the port it had gives it here)."""
         self.workdir = workdir
         self.name = name
         self.zone = zone if zone.endswith(".") else zone + "."
@@ -79,7 +82,8 @@ class DnsServer:
         self.key = key or TsigKey.generate()
         #: Pre-existing records, so tests can check an update leaves unrelated data alone.
         self.records = records if records is not None else ["keep IN A 192.0.2.99"]
-        self.port = 0
+        self.port = port or 0
+        self._fixed_port = port
         self.proc: ManagedProcess | None = None
 
     @property
@@ -125,7 +129,7 @@ class DnsServer:
 
     def start(self, timeout: float = 20.0) -> DnsServer:
         named = require_binary("named")
-        self.port = free_port_both(self.host)
+        self.port = self._fixed_port or free_port_both(self.host)
         conf = self._write_config()
         # -g: foreground, log to stderr; -n 1: one worker is plenty for tests.
         args = [named, "-g", "-n", "1", "-c", str(conf)]

@@ -13,8 +13,12 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+from teams_sbc.demo.children import PartFailed as DemoPartFailed
+from teams_sbc.demo.children import free_port, free_udp_range
 
 #: Every part started during the current test, so a failing test's report can show their logs.
 RUNNING: list[ManagedProcess] = []
@@ -22,14 +26,6 @@ RUNNING: list[ManagedProcess] = []
 
 class PartFailed(RuntimeError):
     """A part of the test bed could not start or died; the message carries its log."""
-
-
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port free for ``kind`` (TCP or UDP) on ``host`` right now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def free_port_both(host: str = "127.0.0.1") -> int:
@@ -47,23 +43,23 @@ def free_port_both(host: str = "127.0.0.1") -> int:
 
 def free_port_range(count: int, host: str = "127.0.0.1") -> int:
     """The first port of ``count`` consecutive UDP ports that are free now (even first port)."""
-    for _ in range(200):
-        base = free_port(socket.SOCK_DGRAM, host) & ~1
-        if base + count > 65535:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((host, p))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return base
-    raise PartFailed(f"no range of {count} free UDP ports")
+    try:
+        return free_udp_range(count, host)
+    except DemoPartFailed as exc:
+        raise PartFailed(str(exc)) from exc
+
+
+def scrape_flat(port: int, timeout: float = 3.0) -> dict[str, float]:
+    """The Prometheus text at ``http://127.0.0.1:port/metrics`` as {'name{labels}': value}."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        text = reply.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def require_binary(name: str) -> str:

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 from tests.testbed.process import (
     ManagedProcess,
@@ -325,20 +325,27 @@ def start_uac(
     return SippUac(proc, name, local_port, calls, stat_path, error_path, message_path)
 
 
+class UacOptions(TypedDict, total=False):
+    """How :func:`start_uac` runs sipp's UAC; each has its default there."""
+
+    calls: int
+    rate: float
+    transport: Transport
+    scenario: str | Path
+    host: str
+    recv_timeout: str
+    trace_messages: bool
+    extra_args: Sequence[str]
+    local_port: int | None
+
+
 def run_uac(
     target: str,
     log_dir: Path,
     *,
     name: str = "sipp-uac",
-    calls: int = 5,
-    rate: float = 10.0,
-    transport: Transport = "u1",
-    scenario: str | Path = "uac",
-    host: str = "127.0.0.1",
-    recv_timeout: str = "10s",
-    trace_messages: bool = False,
-    extra_args: Sequence[str] = (),
     timeout: float = 120.0,
+    **options: Unpack[UacOptions],
 ) -> UacRun:
     """Run sipp's UAC against ``target`` (``host:port``) until ``calls`` calls are done.
 
@@ -346,20 +353,7 @@ def run_uac(
     sipp that cannot run at all (fatal exit, no statistics, hung) raises :class:`PartFailed`.
     ``recv_timeout`` makes a stuck call fail instead of hanging the run.
     """
-    uac = start_uac(
-        target,
-        log_dir,
-        name=name,
-        calls=calls,
-        rate=rate,
-        transport=transport,
-        scenario=scenario,
-        host=host,
-        recv_timeout=recv_timeout,
-        trace_messages=trace_messages,
-        extra_args=extra_args,
-    )
-    return uac.finish(timeout)
+    return start_uac(target, log_dir, name=name, **options).finish(timeout)
 
 
 class SippFactory:
@@ -392,57 +386,19 @@ class SippFactory:
         return uas.start()
 
     def uac(
-        self,
-        target: str,
-        *,
-        calls: int = 5,
-        rate: float = 10.0,
-        transport: Transport = "u1",
-        scenario: str | Path = "uac",
-        trace_messages: bool = False,
-        extra_args: Sequence[str] = (),
-        timeout: float = 120.0,
+        self, target: str, *, timeout: float = 120.0, **options: Unpack[UacOptions]
     ) -> UacRun:
         """Run a UAC to completion; see :func:`run_uac`."""
-        return run_uac(
-            target,
-            self.log_dir,
-            name=f"sipp-uac-{next(self._ids)}",
-            calls=calls,
-            rate=rate,
-            transport=transport,
-            scenario=scenario,
-            trace_messages=trace_messages,
-            extra_args=extra_args,
-            timeout=timeout,
-        )
+        name = f"sipp-uac-{next(self._ids)}"
+        return run_uac(target, self.log_dir, name=name, timeout=timeout, **options)
 
-    def start_uac(
-        self,
-        target: str,
-        *,
-        calls: int = 1,
-        rate: float = 10.0,
-        transport: Transport = "u1",
-        scenario: str | Path = "uac",
-        trace_messages: bool = True,
-        recv_timeout: str = "20s",
-        extra_args: Sequence[str] = (),
-    ) -> SippUac:
-        """A UAC in the background; :meth:`SippUac.finish` collects it (:meth:`stop_all`
-        stops it if the test ends first)."""
-        uac = start_uac(
-            target,
-            self.log_dir,
-            name=f"sipp-uac-{next(self._ids)}",
-            calls=calls,
-            rate=rate,
-            transport=transport,
-            scenario=scenario,
-            trace_messages=trace_messages,
-            recv_timeout=recv_timeout,
-            extra_args=extra_args,
-        )
+    def start_uac(self, target: str, **options: Unpack[UacOptions]) -> SippUac:
+        """A UAC in the background (by default one call, its messages traced, 20 s to wait
+        for each message); :meth:`SippUac.finish` collects it (:meth:`stop_all` stops it if
+        the test ends first)."""
+        defaults: UacOptions = {"calls": 1, "trace_messages": True, "recv_timeout": "20s"}
+        name = f"sipp-uac-{next(self._ids)}"
+        uac = start_uac(target, self.log_dir, name=name, **{**defaults, **options})
         self._uacs.append(uac)
         return uac
 

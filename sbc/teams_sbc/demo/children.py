@@ -49,8 +49,9 @@ def require(program: str, package: str) -> str:
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port of ``host`` free for ``kind`` right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
+    """A port of ``host`` (IPv4 or IPv6) free for ``kind`` right now (the kernel picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from teams_sbc.config import MICROSOFT_CIPHERS
+from teams_sbc.configfile import StrictModel, read_yaml, validate
 
 #: How one proxy can be told to fail (docs/emulator.md, "Failing a proxy").
 FailureMode = Literal["none", "refuse", "503", "silent"]
@@ -35,10 +35,6 @@ class EmulatorConfigError(Exception):
     """The emulator's config is missing, not YAML, or does not match the schema."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, int | None]:
     """``ip``, ``ip:port`` or ``[v6]:port`` into (ip, port or ``default_port``)."""
     match = _HOST_PORT.match(value.strip())
@@ -52,7 +48,7 @@ def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, i
     return host, port
 
 
-class ProxyConfig(_Model):
+class ProxyConfig(StrictModel):
     """One of Microsoft's SIP proxies, played by one TLS listener."""
 
     name: str = Field(description="Short name used in results and logs: sip, sip2 or sip3.")
@@ -78,7 +74,7 @@ class ProxyConfig(_Model):
         return value
 
 
-class UserConfig(_Model):
+class UserConfig(StrictModel):
     """A Teams user reachable on a number, and what it does with calls."""
 
     number: str = Field(description="E.164 number with +, e.g. +14255550123.")
@@ -92,7 +88,7 @@ class UserConfig(_Model):
         return value
 
 
-class Timing(_Model):
+class Timing(StrictModel):
     """How the emulator paces a call it answers, and its SIP timers."""
 
     t1: float = Field(default=0.5, gt=0, description="RFC 3261 T1 in seconds (64*T1 = timer B/H).")
@@ -128,7 +124,7 @@ class Timing(_Model):
         return self.ack_timeout if self.ack_timeout is not None else 64 * self.t1
 
 
-class MediaSettings(_Model):
+class MediaSettings(StrictModel):
     """The SRTP media the emulator sends on each call."""
 
     ptime_ms: int = Field(default=20, ge=10, le=100, description="Packet interval.")
@@ -140,7 +136,7 @@ class MediaSettings(_Model):
     )
 
 
-class EmulatorConfig(_Model):
+class EmulatorConfig(StrictModel):
     """The whole emulator."""
 
     proxies: list[ProxyConfig] = Field(
@@ -259,23 +255,8 @@ class EmulatorConfig(_Model):
 
 def load_emulator_config(path: str | Path) -> EmulatorConfig:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise EmulatorConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise EmulatorConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_emulator_config(raw, source=str(path))
+    return parse_emulator_config(read_yaml(path, EmulatorConfigError), source=str(path))
 
 
 def parse_emulator_config(raw: object, source: str = "<emulator config>") -> EmulatorConfig:
-    if not isinstance(raw, dict):
-        raise EmulatorConfigError(f"{source}: the top level must be a mapping")
-    try:
-        return EmulatorConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise EmulatorConfigError(f"{source}: {problems}") from exc
+    return validate(EmulatorConfig, raw, source, EmulatorConfigError)

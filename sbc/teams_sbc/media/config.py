@@ -10,7 +10,9 @@ import ipaddress
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from teams_sbc.configfile import StrictModel
 
 #: Every SDES suite rtpengine 10.5 offers by default (its offer towards SRTP lists all twelve).
 RTPENGINE_SDES_SUITES = (
@@ -35,10 +37,6 @@ TEAMS_SDES_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def parse_address(value: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` into (host, port); the host must be an IP address."""
     match = re.fullmatch(r"\[(?P<v6>[^\]]+)\]:(?P<p6>\d+)|(?P<v4>[^:\[\]]+):(?P<p4>\d+)", value)
@@ -57,7 +55,7 @@ def derived_token(address: str) -> str:
     return "r" + hashlib.sha256(address.encode()).hexdigest()[:8]
 
 
-class RtpengineInstance(_Model):
+class RtpengineInstance(StrictModel):
     """One rtpengine daemon reachable over the ng protocol (UDP)."""
 
     address: str = Field(
@@ -93,7 +91,7 @@ class RtpengineInstance(_Model):
         return self.token or derived_token(self.address)
 
 
-class MediaConfig(_Model):
+class MediaConfig(StrictModel):
     """rtpengine anchors the media of every call with SDP: SRTP (SDES) towards the listeners in
     `teams_listeners`, plain RTP towards every other listener (docs/media.md)."""
 

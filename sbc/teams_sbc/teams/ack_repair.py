@@ -11,6 +11,19 @@ tags of the provisionals); when the carrier's ACK for that INVITE names a tag th
 2xx's, the ACK sent on to Teams gets the 2xx's tag and its Contact as Request-URI (RFC 3261
 13.2.2.4, 12.1.2: the 2xx sets the dialog's remote target). Per process, short-lived (until the
 ACK is due at the latest, 64*T1), bounded; no clock here, ``now`` comes in.
+
+With ``workers: N`` the tags live in the worker that forwarded the INVITE (Teams' responses come
+back on its own TLS connection), but the carrier's ACK is a new transaction sent to our
+Record-Route: it reaches the same worker only if it comes from the INVITE's source address and
+port (the kernel's SO_REUSEPORT hash of the flow). A carrier that sends it from another port
+(another node of its cluster, a socket per transaction), or a worker restarted meanwhile (the
+hash moves flows), puts it on a worker without the tags. So the worker marks the Record-Route
+entry facing the carrier with its index (:data:`WORKER_PARAM`, :func:`mark_worker`); the
+carrier's ACK carries it back in its Route, and a worker that gets an ACK marked with another
+worker's index passes it, unchanged, to that worker's own UDP port (:func:`worker_in`). Only for
+a UDP carrier listener: workers have their own ports only there (a TCP carrier sends the ACK on
+the INVITE's connection in practice, which one worker owns). docs/architecture.md, "The Teams
+edge with workers".
 """
 
 from __future__ import annotations
@@ -20,6 +33,10 @@ from dataclasses import dataclass, field
 
 from teams_sbc.sip.headers import parse_name_addr
 from teams_sbc.sip.message import Request, Response
+
+#: The Record-Route parameter naming the worker that forwarded a call's INVITE to Teams.
+WORKER_PARAM = "sbcw"
+_WORKER_MARK = f";{WORKER_PARAM}="
 
 #: An INVITE is known by its Call-ID, From tag and CSeq number.
 Key = tuple[str, str, int]
@@ -113,3 +130,30 @@ class AckRepair:
             ack.uri = entry.ok_contact
         self.repairs += 1
         return Repair(ack.call_id, wrong, right, wrong in entry.early_tags)
+
+
+def mark_worker(msg: Request, index: int, worker: int) -> None:
+    """Put ``;sbcw=<worker>`` in the ``index``-th Record-Route entry (one of those we just
+    inserted, ``<sip:...;lr>``); the others keep their bytes."""
+    values = msg.headers.values("record-route")
+    if index >= len(values) or not values[index].endswith(">"):
+        return
+    values[index] = f"{values[index][:-1]}{_WORKER_MARK}{worker}>"
+    ours, rest = values[: index + 1], values[index + 1 :]
+    msg.headers.replace("record-route", *ours, *([", ".join(rest)] if rest else []))
+
+
+def worker_in(routes: list[str]) -> int | None:
+    """The worker index our Route entry carries, if one does."""
+    for route in routes:
+        at = route.find(_WORKER_MARK)
+        if at < 0:
+            continue
+        digits = ""
+        for char in route[at + len(_WORKER_MARK) :]:
+            if not char.isdigit():
+                break
+            digits += char
+        if digits:
+            return int(digits)
+    return None

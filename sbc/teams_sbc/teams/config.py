@@ -15,7 +15,9 @@ import ipaddress
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from teams_sbc.configfile import StrictModel
 
 Cloud = Literal["commercial", "gcch", "dod"]
 
@@ -48,10 +50,6 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9!%*_+`'~.-]+$")
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def check_fqdn(value: str) -> str:
     """A host name in lower case without the root dot; ValueError if it is not an FQDN."""
     value = value.lower().rstrip(".")
@@ -65,7 +63,7 @@ def _ip(value: str) -> str:
     return value
 
 
-class MicrosoftProxy(_Model):
+class MicrosoftProxy(StrictModel):
     """One of Microsoft's SIP proxies: its name, and optionally where that name really is."""
 
     name: str = Field(
@@ -90,7 +88,7 @@ class MicrosoftProxy(_Model):
         return None if value is None else _ip(value)
 
 
-class NumberRules(_Model):
+class NumberRules(StrictModel):
     """How national and international dialling formats become E.164 with `+`."""
 
     country_code: str | None = Field(
@@ -120,7 +118,7 @@ class NumberRules(_Model):
         return value
 
 
-class Policy(_Model):
+class Policy(StrictModel):
     """A named set of Teams normalisations; every default is stated and sourced in
     docs/policies.md."""
 
@@ -180,7 +178,7 @@ class Policy(_Model):
     )
 
 
-class CarrierTrunk(_Model):
+class CarrierTrunk(StrictModel):
     """Where calls from Teams go: the carrier's trunk or PBX."""
 
     next_hop: str = Field(
@@ -202,7 +200,7 @@ class CarrierTrunk(_Model):
         return value
 
 
-class Tenant(_Model):
+class Tenant(StrictModel):
     """One Microsoft 365 customer served by this trunk (Microsoft: "Configure an SBC for
     multiple tenants"): a subdomain of the base FQDN and the numbers it owns."""
 
@@ -305,7 +303,7 @@ def parse_number_spec(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
-class TeamsConfig(_Model):
+class TeamsConfig(StrictModel):
     """The Teams Direct Routing edge: Microsoft's cloud, the trunk's FQDN, its tenants, the
     carrier it connects them to, and the policies applied on the way."""
 

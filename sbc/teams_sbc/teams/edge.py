@@ -27,7 +27,7 @@ from teams_sbc.metrics import Metrics
 from teams_sbc.sip.errors import SipParseError
 from teams_sbc.sip.headers import parse_name_addr
 from teams_sbc.sip.message import Message, Request, Response
-from teams_sbc.sip.peer import Peer
+from teams_sbc.sip.peer import Outgoing, Peer
 from teams_sbc.sip.proxy import (
     ALLOW,
     BRANCH_PREFIX,
@@ -42,7 +42,7 @@ from teams_sbc.sip.proxy import (
 from teams_sbc.sip.transaction import State, Transaction
 from teams_sbc.sip.uri import SipUri, Uri, parse_uri
 from teams_sbc.teams import contact, normalise, record_route
-from teams_sbc.teams.ack_repair import AckRepair
+from teams_sbc.teams.ack_repair import AckRepair, mark_worker, worker_in
 from teams_sbc.teams.config import MicrosoftProxy, TeamsConfig
 from teams_sbc.teams.metrics import TeamsMetrics
 from teams_sbc.teams.numbers import to_e164
@@ -124,6 +124,10 @@ class TeamsProxy(Proxy):
             name="teams", next_hop="sip:teams.invalid", listener=self.teams_listener
         )
         self._carrier_routes: dict[str, Route] = {}
+        #: As one of several workers: this worker's index, and its siblings' own UDP ports on
+        #: the carrier listener, by index (ack_repair.py: an ACK goes to the worker that knows).
+        self._worker: int | None = None
+        self._worker_peers: dict[int, Peer] = {}
         super().__init__(config, metrics, token=token, timer_c=timer_c, **core)
         self.edge_metrics = TeamsMetrics(metrics.registry, self.pool)
 
@@ -140,6 +144,19 @@ class TeamsProxy(Proxy):
         each carrier listener at its port, so our Record-Route entries and Request-URIs with
         those names are recognised as ours by any replica."""
         super().set_bound_addresses(bound, via_ports, sibling_ports)
+        # As one of several workers with a UDP carrier listener: our index among them, and
+        # where each sibling's own port is (ACKs for calls it forwarded are passed to it).
+        self._worker = None
+        self._worker_peers = {}
+        carrier = self.teams.carrier_listener
+        seats = list((sibling_ports or {}).get(carrier, ()))
+        own = (via_ports or {}).get(carrier)
+        if len(seats) > 1 and own in seats:
+            self._worker = seats.index(own)
+            for index, port in enumerate(seats):
+                peer = self._siblings.get((carrier, port))
+                if index != self._worker and peer is not None:
+                    self._worker_peers[index] = peer
         for local in self._locals.values():
             ports = {local.port, 5061} if local.name == self.teams_listener else {local.port}
             for fqdn in self.tenants.fqdns():
@@ -451,6 +468,10 @@ class TeamsProxy(Proxy):
             # record_route.py: the July 2020 rule, the tenant's FQDN in the entry facing Teams.
             added = 1 if in_local is local else 2
             record_route.tenant_fqdn_in_record_route(fwd, added, from_teams, tenant.fqdn)
+            if to_teams and added == 2 and self._worker is not None and tenant.policy.ack_repair:
+                # The entry facing the carrier (the second) names this worker, which will hold
+                # the To-tags its ACK may need repaired with.
+                mark_worker(fwd, 1, self._worker)
         if to_teams:
             self._request_to_teams(fwd, info)
         elif info.to_carrier_hop:
@@ -601,6 +622,16 @@ class TeamsProxy(Proxy):
     def _forward_stateless_ack(self, ack: Request, listener: str, now: float) -> None:
         from_teams = listener == self.teams_listener
         tenant = self._tenant_from_routes(ack) or self.tenants.base
+        if not from_teams and tenant.policy.ack_repair and self._worker_peers:
+            holder = worker_in(ack.headers.values("route"))
+            sibling = self._worker_peers.get(holder) if holder is not None else None
+            if sibling is not None:
+                # The call's INVITE went out through that worker: it has the tags.
+                self.edge_metrics.acks_passed.inc()
+                log.debug("ACK passed to the worker that forwarded the INVITE",
+                          extra={"call_id": ack.call_id, "to_worker": holder})  # fmt: skip
+                self.outbox.append(Outgoing(ack.to_bytes(), sibling, listener))
+                return
         if not from_teams and tenant.policy.ack_repair:
             repaired = self.ack_repair.repair(ack, now)
             if repaired is not None:

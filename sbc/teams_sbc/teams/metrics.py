@@ -82,6 +82,12 @@ class TeamsMetrics:
             "ACKs from the carrier whose To-tag was not the 2xx's, repaired before Teams.",
             registry=r,
         )
+        self.acks_passed = Counter(
+            "sbc_teams_acks_passed",
+            "ACKs from the carrier that reached another worker than the one that forwarded the "
+            "call's INVITE, passed to that one (it holds the To-tags for the ACK repair).",
+            registry=r,
+        )
         self.lr_rewrites = Counter(
             "sbc_teams_lr_rewrites",
             "Messages towards Teams whose `;lr=on` route entries were rewritten to `;lr`.",

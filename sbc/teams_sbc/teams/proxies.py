@@ -8,6 +8,14 @@ over on 408, 503 and 504. Here a proxy is skipped for new calls while OPTIONS (o
 it is down, or while a 503's Retry-After lasts; down proxies are still tried last, so a call is
 not lost while one proxy answers.
 
+With ``workers: N`` every worker process keeps its own pool (its first-hand state is what its
+failover order needs) and probes every proxy each ``interval`` as one process does, but in a
+slot of its own: worker ``k`` sends on the grid ``k * interval / N + m * interval`` of the
+host's monotonic clock (shared by all processes), so the SBC's OPTIONS to each proxy are evenly
+spaced ``interval / N`` apart instead of N at once (:meth:`ProxyPool.stagger`). A worker's first
+OPTIONS after it starts goes at once, then it keeps to its slot. Why: docs/architecture.md,
+"OPTIONS with workers".
+
 Per proxy a small state machine (:data:`TRANSITIONS`): ``unknown`` until the first answer,
 then ``up`` or ``down``. Sans-IO: ``now`` comes in; the proxy core sends the OPTIONS this
 module builds and reports what came back.
@@ -15,6 +23,7 @@ module builds and reports what came back.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -54,6 +63,7 @@ class ProxyState:
     last_error: str | None = None
     changed_at: float | None = None
     last_ok_at: float | None = None
+    last_result_at: float | None = None  # the latest outcome, good or bad (combining views)
     retry_after_until: float = 0.0
     next_probe_at: float = 0.0
     probe_sent_at: float | None = None  # an OPTIONS is out, unanswered
@@ -80,6 +90,7 @@ class ProxyState:
             "last_error": self.last_error,
             "changed_seconds_ago": ago(self.changed_at),
             "last_ok_seconds_ago": ago(self.last_ok_at),
+            "last_result_seconds_ago": ago(self.last_result_at),
             "retry_after_seconds": max(0.0, round(self.retry_after_until - now, 3)),
             "options_sent": self.probes_sent,
             "options_failed": self.probes_failed,
@@ -102,6 +113,14 @@ class ProxyPool:
         self.timeout = timeout
         self.retry_after_max = retry_after_max
         self._by_name = {s.name: s for s in self.states}
+        #: Where on the clock this pool's OPTIONS go (None: ``interval`` after the last one).
+        self.phase: float | None = None
+
+    def stagger(self, index: int, count: int) -> None:
+        """One of ``count`` workers, number ``index``: after its first OPTIONS (at once), each
+        proxy's next ones go at ``index * interval / count`` past a multiple of ``interval``
+        on the monotonic clock, so the workers' OPTIONS interleave evenly."""
+        self.phase = (index % count) * self.interval / count if count > 1 else None
 
     def __getitem__(self, name: str) -> ProxyState:
         return self._by_name[name]
@@ -118,6 +137,7 @@ class ProxyPool:
         state.health = new
         if changed:
             state.changed_at = now
+        state.last_result_at = now
         if outcome is Outcome.OK:
             state.last_ok_at = now
         else:
@@ -144,10 +164,19 @@ class ProxyPool:
         for state in self.states:
             if state.probe_sent_at is None and state.next_probe_at <= now:
                 state.probe_sent_at = now
-                state.next_probe_at = now + self.interval
+                state.next_probe_at = self.next_slot(now)
                 state.probes_sent += 1
                 due.append(state)
         return due
+
+    def next_slot(self, now: float) -> float:
+        """When the OPTIONS after one sent at ``now`` is due: ``interval`` later, or with a
+        phase the first slot at least half an interval away (so a late or first probe is
+        followed neither by a burst nor by a gap of more than 1.5 intervals)."""
+        if self.phase is None:
+            return now + self.interval
+        slots = math.ceil((now + self.interval / 2 - self.phase) / self.interval)
+        return self.phase + slots * self.interval
 
     def probe_answered(self, state: ProxyState, status: int, reason: str, now: float) -> bool:
         """A final response to our OPTIONS; returns whether the health changed."""

@@ -11,6 +11,10 @@ The rules, by metric type (what an operator's dashboards built on one process ke
   except those where a sum is wrong: ``sbc_ready`` is 1 only when every worker is ready.
 - a few families are also given per worker, with a ``worker`` label under a name of their own
   (:data:`PER_WORKER`), so that the summed series keep their meaning.
+- the state of Microsoft's proxies (``sbc_teams_proxy_up``, ``sbc_teams_proxy_rtt_seconds``)
+  is neither a sum nor a minimum: the supervisor sets them from its combined /teams view
+  (:meth:`Aggregator.override`, ``teams_sbc.workers.teams``: the freshest answer decides), and
+  each worker's own ``sbc_teams_proxy_up`` is given as ``sbc_worker_teams_proxy_up``.
 
 Pure: text in, metric families out; the supervisor does the reading.
 """
@@ -28,6 +32,7 @@ PER_WORKER: Mapping[str, str] = {
     "sbc_sip_requests": "sbc_worker_sip_requests",
     "sbc_sip_transactions": "sbc_worker_sip_transactions",
     "sbc_ready": "sbc_worker_ready",
+    "sbc_teams_proxy_up": "sbc_worker_teams_proxy_up",
 }
 #: Gauges whose merged value is the minimum over the worker seats (0 for a seat with no worker).
 ALL_OF: frozenset[str] = frozenset({"sbc_ready"})
@@ -82,6 +87,15 @@ class Aggregator:
         self._retired: dict[str, dict[Key, float]] = {}
         #: The latest generation retired, by seat.
         self._ended: dict[int, int] = {}
+        #: Families whose merged samples are set from outside (the combined Teams view).
+        self._overrides: dict[str, dict[Key, float]] = {}
+
+    def override(self, name: str, samples: Mapping[tuple[str, str], float]) -> None:
+        """Expose ``name`` (a family the workers report) with these samples instead of
+        merging the workers' values: by (label name, label value) of a single label."""
+        self._overrides[name] = {
+            (name, ((label, value),)): number for (label, value), number in samples.items()
+        }
 
     def update(self, seat: int, generation: int, text: str) -> None:
         """A reading of ``seat``'s worker ``generation`` (its n-th process). A reading from a
@@ -136,6 +150,8 @@ class Aggregator:
         return out
 
     def _merged(self, family: _Family) -> dict[Key, float]:
+        if family.name in self._overrides:
+            return self._overrides[family.name]
         readings = [r.families.get(family.name, {}) for r in self._live.values()]
         if family.name in ALL_OF:
             keys = {key for values in readings for key in values}

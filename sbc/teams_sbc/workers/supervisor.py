@@ -1,5 +1,6 @@
-"""The supervisor of ``workers`` > 1: starts the workers, restarts them, drains them, and answers
-/healthz, /readyz and /metrics for all of them.
+"""The supervisor of ``workers`` > 1: starts the workers, restarts them, drains them, answers
+/healthz, /readyz, /metrics and /teams for all of them, and writes the Pod's annotation with
+Microsoft's proxies as all workers see them (teams_sbc.podstatus).
 
 It handles no SIP itself. Before starting the workers it checks that every listener's address is
 free (so two SBCs on one port fail loudly instead of sharing it through SO_REUSEPORT), and binds
@@ -22,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import uvloop
@@ -33,8 +35,10 @@ from teams_sbc.config import Listener, SbcConfig
 from teams_sbc.health import ExtraRoute, HealthServer
 from teams_sbc.logs import setup_logging
 from teams_sbc.media.driver import TIMEOUT_PATH, callback_sources
+from teams_sbc.podstatus import PodStatusWriter
 from teams_sbc.workers.aggregate import Aggregator
 from teams_sbc.workers.seat import Seat, handshake
+from teams_sbc.workers.teams import annotation_report, combine
 
 log = logging.getLogger("teams_sbc.workers")
 
@@ -100,6 +104,8 @@ class _SupervisorHttp(HealthServer):
         routes: list[ExtraRoute] = []
         if supervisor.config.media is not None:
             routes.append(("POST", TIMEOUT_PATH, supervisor.media_timeout))
+        if supervisor.config.teams is not None:
+            routes.append(("GET", "/teams", supervisor.teams_endpoint))
         super().__init__(http.host, http.port, None, lambda: (False, ["starting"]), routes)
         self.supervisor = supervisor
 
@@ -137,6 +143,13 @@ class Supervisor:
         self._slots: list[_Slot] = []
         self._keepers: list[asyncio.Task[None]] = []  # one per seat: waits, restarts
         self._refresher: asyncio.Task[None] | None = None
+        # In a pod, the Microsoft proxies' state as all workers see it goes into the Pod's
+        # annotation (teams_sbc.podstatus); the workers write nothing.
+        self.pod_status: PodStatusWriter | None = None
+        if config.teams is not None:
+            self.pod_status = PodStatusWriter.from_env(
+                config.pod_status, self.teams_report, self.registry
+            )
 
     # -- the whole life ----------------------------------------------------------------------
 
@@ -164,6 +177,8 @@ class Supervisor:
                 return 1
             self._starting = False
             self._refresher = loop.create_task(self._refresh_forever())
+            if self.pod_status is not None:
+                self.pod_status.start()
             log.info(
                 "sbc started",
                 extra={
@@ -230,6 +245,8 @@ class Supervisor:
         return 0 if clean else 1
 
     async def _close(self) -> None:
+        if self.pod_status is not None:
+            self.pod_status.stop()
         for task in [*self._keepers, self._refresher]:
             if task is not None:
                 task.cancel()
@@ -432,8 +449,45 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return None
 
+    async def teams_status(self) -> dict[str, Any]:
+        """Every worker's /teams at once, and the combined view (teams_sbc.workers.teams)."""
+        answers = await asyncio.gather(*(self._get(s, "/teams") for s in self._slots))
+        views: dict[int, dict[str, Any] | None] = {}
+        for slot, answer in zip(self._slots, answers, strict=True):
+            views[slot.index] = None
+            if answer is not None and answer[0] == 200:
+                with contextlib.suppress(ValueError):
+                    views[slot.index] = json.loads(answer[1])
+        return combine(views)
+
+    async def teams_endpoint(self, _request: web.Request) -> web.Response:
+        """/teams: the trunk and each Microsoft proxy, combined over the workers and each
+        worker's own view."""
+        body = json.dumps(await self.teams_status(), indent=1) + "\n"
+        return web.Response(text=body, content_type="application/json")
+
+    async def teams_report(self) -> dict[str, str] | None:
+        """What the Pod's annotation carries: the combined view's states."""
+        return annotation_report(await self.teams_status())
+
     async def exposition(self) -> bytes:
         await self._refresh()
+        if self.config.teams is not None:
+            # Microsoft's proxies as all workers see them, not a sum of their gauges.
+            combined = (await self.teams_status())["proxies"]
+            states = {"up": 1.0, "down": 0.0}
+            self.aggregator.override(
+                "sbc_teams_proxy_up",
+                {("proxy", p["name"]): states.get(p["state"], -1.0) for p in combined},
+            )
+            self.aggregator.override(
+                "sbc_teams_proxy_rtt_seconds",
+                {
+                    ("proxy", p["name"]): p["rtt_ms"] / 1000
+                    for p in combined
+                    if p["rtt_ms"] is not None
+                },
+            )
         return generate_latest(_Exposition(self.aggregator.families(), self.registry))
 
     async def _refresh(self) -> None:
