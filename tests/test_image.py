@@ -77,11 +77,13 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
-    """All three archives, built as ``./dev image`` builds them."""
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Built]]:
+    """All three archives, built as ``./dev image`` builds them (deleted after the session:
+    they are a few hundred MB)."""
     require_binary("mmdebstrap")
     out = tmp_path_factory.mktemp("images")
-    return {image.name: image for image in build(PROJECT, out)}
+    yield {image.name: image for image in build(PROJECT, out)}
+    shutil.rmtree(out, ignore_errors=True)
 
 
 # -- reading an OCI archive as the spec says (not with the builder's code) ------------------------
@@ -744,6 +746,7 @@ def test_rebuilding_gives_the_same_image(images: dict[str, Built], tmp_path: Pat
     (again,) = build(PROJECT, tmp_path, names=["teams-sbc"])
     assert again.manifest == images["teams-sbc"].manifest
     assert again.path.read_bytes() == images["teams-sbc"].path.read_bytes()
+    again.path.unlink()
 
 
 # -- the operator from its image, in a cluster ----------------------------------------------------
