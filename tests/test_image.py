@@ -728,8 +728,11 @@ def test_sbc_workers_need_a_writable_tmp(
         text=True,
         timeout=30,
     )
-    assert without.returncode != 0
-    assert "temporary directory" in without.stderr.lower(), without.stderr[-2000:]
+    # A one-line error saying what to do, not a traceback.
+    assert without.returncode == 2, without.stderr[-2000:]
+    assert "needs a writable temporary directory" in without.stderr, without.stderr[-2000:]
+    assert "mount a volume (an emptyDir) at /tmp" in without.stderr
+    assert "Traceback" not in without.stderr, without.stderr[-2000:]
     with sbc_from_image(
         images, rootfs, world_dir, tmp_path, "sbc-workers", config, carrier_port, tmpfs=["/tmp"]
     ):
