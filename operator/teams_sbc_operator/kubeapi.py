@@ -97,7 +97,9 @@ class KubeApi:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        token = self._config.get_api_key_with_prefix("authorization")
+        # The client keeps a token under "BearerToken" (in-cluster and kubeconfig tokens alike;
+        # older versions used "authorization").
+        token = self._config.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             headers["Authorization"] = token
         return headers

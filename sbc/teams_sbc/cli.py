@@ -52,7 +52,20 @@ def main(argv: list[str] | None = None) -> int:
             print(config.model_dump_json(indent=2))
             return 0
         if config.workers > 1:
+            import tempfile
+
             from teams_sbc.workers.supervisor import run_supervisor
+
+            try:  # the supervisor keeps its workers' control sockets in a temporary directory
+                tempfile.gettempdir()
+            except OSError as exc:
+                print(
+                    f"teams-sbc: workers: {config.workers} needs a writable temporary directory "
+                    f"for the workers' control sockets ({exc}); set TMPDIR, or on a read-only "
+                    "root file system mount a volume (an emptyDir) at /tmp",
+                    file=sys.stderr,
+                )
+                return 2
 
             return run_supervisor(config, args.config)
         from teams_sbc.app import run_forever
