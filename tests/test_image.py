@@ -41,6 +41,7 @@ import pytest
 import yaml
 from cryptography import x509
 from tools.image.build import NAMES, Built, build
+from tools.native_build import NATIVE_MODULES
 
 from teams_sbc.pki import DevCA
 from teams_sbc_operator.model import Trunk
@@ -406,12 +407,14 @@ def test_python_modules_are_compiled_in_the_image(
     images: dict[str, Built], rootfs: dict[str, Path]
 ) -> None:
     """Nothing is compiled at start (the pod could not cache it): every module of ours and of
-    our dependencies loads from its pyc."""
+    our dependencies loads from its pyc, and the SIP core's from the extension modules mypyc
+    built (docs/performance.md), which Debian's Python 3.11 loads."""
     config = read_layout(images["teams-sbc"].path).config
+    core = ", ".join("teams_sbc." + m.removesuffix(".py").replace("/", ".") for m in NATIVE_MODULES)
     result = run_in(
         rootfs["teams-sbc"],
         config,
-        ["-v", "-c", "import teams_sbc.cli, teams_sbc.app, teams_sbc_operator.main"],
+        ["-v", "-c", f"import teams_sbc.cli, teams_sbc.app, teams_sbc_operator.main, {core}"],
         entrypoint=["/usr/bin/python3"],
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -428,6 +431,10 @@ def test_python_modules_are_compiled_in_the_image(
     ]
     assert len(loaded) > 100 and not from_source, (len(loaded), from_source[:5])
     assert any("/teams_sbc/sip/" in line and ".pyc" in line for line in loaded)
+    for module in NATIVE_MODULES:  # e.g. sip/proxy.py
+        name = "teams_sbc." + module.removesuffix(".py").replace("/", ".")
+        extension = f"{site}teams_sbc/{module.removesuffix('.py')}.cpython-311-x86_64-linux-gnu.so"
+        assert f"# extension module '{name}' loaded from '{extension}'" in result.stderr, name
 
 
 def test_sbc_trusts_the_system_roots(images: dict[str, Built], rootfs: dict[str, Path]) -> None:

@@ -5,6 +5,11 @@ as wheels for the image's platform: Debian bookworm's CPython 3.11 on glibc 2.36
 ``/usr/local/lib/python3.11/dist-packages``, which Debian's python3 has on its path. Every
 module is compiled at build time (unchecked-hash pycs, valid whatever the files' mtimes): the
 root file system is read-only in the pod, so Python could not cache them there.
+
+The SIP core goes in compiled by mypyc (docs/performance.md): the extension modules of
+``tools/native_build.py``'s build of the same sources (cached by their hash, so a rebuild of the
+image takes the same bytes) are laid next to the wheel's ``.py`` files, which stay for tracebacks.
+They are built for CPython 3.11 on glibc 2.36, as the image's Python is.
 """
 
 from __future__ import annotations
@@ -52,6 +57,26 @@ def _run(args: list[str], cwd: Path) -> None:
     subprocess.run(args, cwd=cwd, check=True)
 
 
+def add_native_core(project: Path, site: Path) -> list[Path]:
+    """Lay the mypyc-compiled SIP core of ``project`` over the installed package in ``site``;
+    the files added, relative to ``site``."""
+    from tools.native_build import build as native_build
+
+    compiled = native_build(project / "sbc" / "teams_sbc")
+    added = []
+    for library in sorted(compiled.rglob("*.so")):
+        relative = library.relative_to(compiled)
+        if relative.parts[0] == "teams_sbc" and not (site / relative).with_name(
+            relative.name.split(".")[0] + ".py"
+        ).exists():
+            raise SystemExit(f"image: {relative} has no module in the installed package")
+        shutil.copyfile(library, site / relative)
+        added.append(relative)
+    if not added:
+        raise SystemExit(f"image: no compiled modules in {compiled}")
+    return added
+
+
 def build_app(project: Path, work: Path) -> Path:
     """The app layer's tree (``work/root``, holding ``usr/local/...``), from the project at
     ``project`` and its uv.lock."""
@@ -78,6 +103,7 @@ def build_app(project: Path, work: Path) -> Path:
     ]  # fmt: skip
     _run([*install, "--require-hashes", "--requirement", str(requirements)], project)
     _run([*install, *map(str, sorted(wheels.glob("*.whl")))], project)
+    add_native_core(project, site)
     # uv's scripts name the build host's interpreter; ours follow.
     shutil.rmtree(site / "bin", ignore_errors=True)
     _run(
