@@ -336,7 +336,9 @@ class TeamsConfig(StrictModel):
         default=60.0,
         gt=0,
         description="Seconds between OPTIONS keepalives to each Microsoft proxy (Microsoft: "
-        "about every 60 s).",
+        "about every 60 s). With `workers: N` each worker probes every proxy at this interval in "
+        "its own slot, so a proxy gets N OPTIONS per interval, evenly spaced "
+        "(docs/architecture.md, \"Worker processes\").",
     )
     options_timeout: float = Field(
         default=10.0,
