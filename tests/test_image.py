@@ -605,6 +605,25 @@ def test_sbc_with_the_operators_config_runs_from_its_image(
         assert records, proc.log_tail()
 
 
+def proxy_to_options_uas(
+    sipp_factory: SippFactory, **extra: Any
+) -> tuple[dict[str, Any], int, int]:
+    """A sipp UAS answering OPTIONS, and the config of a plain proxy towards it on free loopback
+    ports (one UDP listener, one route; ``extra`` keys added): (config, SIP port, HTTP port)."""
+    uas = sipp_factory.uas(scenario=SCENARIOS / "uas_options.xml")
+    carrier_port, http_port = free_port(socket.SOCK_DGRAM), free_port()
+    config = {
+        "listeners": [
+            {"name": "carrier-udp", "transport": "udp", "host": "127.0.0.1", "port": carrier_port}
+        ],
+        "routes": [{"name": "uas", "next_hop": f"sip:{uas.address}"}],
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "drain_seconds": 1,
+        **extra,
+    }
+    return config, carrier_port, http_port
+
+
 def test_sbc_proxies_sipp_options_from_its_image(
     images: dict[str, Built],
     rootfs: dict[str, Path],
@@ -614,17 +633,9 @@ def test_sbc_proxies_sipp_options_from_its_image(
 ) -> None:
     """The plain proxy (examples/sbc.yaml with a route): sipp's OPTIONS cross the SBC from the
     image to a sipp UAS and its 200 comes back."""
-    uas = sipp_factory.uas(scenario=SCENARIOS / "uas_options.xml")
-    carrier_port, http_port = free_port(socket.SOCK_DGRAM), free_port()
-    config = {
-        "listeners": [
-            {"name": "carrier-udp", "transport": "udp", "host": "127.0.0.1", "port": carrier_port}
-        ],
-        "routes": [{"name": "uas", "next_hop": f"sip:{uas.address}"}],
-        "http": {"host": "127.0.0.1", "port": http_port},
-        "logging": {"level": "INFO", "format": "json"},
-        "drain_seconds": 1,
-    }
+    config, carrier_port, http_port = proxy_to_options_uas(
+        sipp_factory, logging={"level": "INFO", "format": "json"}
+    )
     with sbc_from_image(
         images, rootfs, world_dir, tmp_path, "sbc-proxy-config", config, carrier_port
     ):
@@ -712,17 +723,7 @@ def test_sbc_workers_need_a_writable_tmp(
     """``workers: 2``: the supervisor keeps its workers' sockets in a temporary directory, so on
     the read-only root it needs a writable /tmp (an emptyDir volume in a pod; the operator's
     Deployment renders one worker, which needs none)."""
-    uas = sipp_factory.uas(scenario=SCENARIOS / "uas_options.xml")
-    carrier_port, http_port = free_port(socket.SOCK_DGRAM), free_port()
-    config = {
-        "listeners": [
-            {"name": "carrier-udp", "transport": "udp", "host": "127.0.0.1", "port": carrier_port}
-        ],
-        "routes": [{"name": "uas", "next_hop": f"sip:{uas.address}"}],
-        "http": {"host": "127.0.0.1", "port": http_port},
-        "drain_seconds": 1,
-        "workers": 2,
-    }
+    config, carrier_port, http_port = proxy_to_options_uas(sipp_factory, workers=2)
     image = read_layout(images["teams-sbc"].path).config
     files = pod_files(world_dir, "sbc-workers-no-tmp", config)
     without = subprocess.run(
