@@ -78,6 +78,8 @@ class SbcSpec:
     resources: dict[str, Any]
     service_type: str
     service_annotations: dict[str, str]
+    #: SIP worker processes per pod (the SBC config's ``workers``).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ class Trunk:
                 resources={k: dict(v) for k, v in (sbc.get("resources") or {}).items()},
                 service_type=str(_get(service, "type", "LoadBalancer")),
                 service_annotations=dict(service.get("annotations") or {}),
+                workers=int(_get(sbc, "workers", 1)),
             ),
             teams=TeamsSpec(
                 proxies=tuple(

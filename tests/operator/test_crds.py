@@ -108,6 +108,7 @@ def test_good_trunk_is_stored_with_its_defaults(kube_cluster: KubeCluster, ns: s
         "teamsPort": 5061,
         "carrierPort": 5060,
         "hostNetwork": False,
+        "workers": 1,
         "service": {"type": "LoadBalancer"},
     }
 
@@ -148,6 +149,9 @@ def test_good_trunk_is_stored_with_its_defaults(kube_cluster: KubeCluster, ns: s
             "must differ from spec.sbc.teamsPort",
         ),
         ({"sbc": {"replicas": 0}}, "spec.sbc.replicas", "greater than or equal to 1"),
+        ({"sbc": {"workers": 0}}, "spec.sbc.workers", "greater than or equal to 1"),
+        ({"sbc": {"workers": 17}}, "spec.sbc.workers", "less than or equal to 16"),
+        ({"sbc": {"workers": "x"}}, "spec.sbc.workers", "must be of type integer"),
         (
             {
                 "dns": {

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from teams_sbc.config import parse_config
+from teams_sbc.reload import restart_reasons
 from teams_sbc_operator.model import Tenant, Trunk
 from teams_sbc_operator.render import certificate, workload
 from teams_sbc_operator.render.sbc_config import config_yaml, render_sbc_config
@@ -114,6 +115,14 @@ def test_the_config_text_is_stable() -> None:
     assert one == two
 
 
+def test_workers_reach_the_config_only_when_more_than_one() -> None:
+    one = render_sbc_config(trunk(), [], None)
+    assert "workers" not in one and parse_config(one).workers == 1
+    three = render_sbc_config(trunk(sbc={"workers": 3}), [], None)
+    assert three["workers"] == 3
+    assert parse_config(yaml.safe_load(config_yaml(three)), source="rendered").workers == 3
+
+
 # -- tenants -----------------------------------------------------------------------------------
 
 
@@ -183,6 +192,35 @@ def test_deployment_has_the_sbc_and_rtpengine_probes_drain_and_mounts() -> None:
     assert "--port-min=31000" in rtp["args"] and "--port-max=31999" in rtp["args"]
     assert "annotations" not in d["spec"]["template"]["metadata"]  # no config hash: no restarts
     assert d["spec"]["replicas"] == 2
+
+
+def test_several_workers_get_a_tmp_in_memory_and_an_annotation() -> None:
+    d = workload.deployment(trunk(sbc={"workers": 3}), sbc_image="s", rtpengine_image="r")
+    template = d["spec"]["template"]
+    pod = template["spec"]
+    sbc, rtp = pod["containers"]
+    assert sbc["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {v["name"]: v for v in pod["volumes"]}["tmp"] == {
+        "name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}
+    }  # fmt: skip
+    assert {"name": "tmp", "mountPath": "/tmp"} in sbc["volumeMounts"]
+    assert "volumeMounts" not in rtp
+    assert template["metadata"]["annotations"] == {"sbc.teams-sbc.io/workers": "3"}
+    assert template["metadata"]["labels"]["sbc.teams-sbc.io/trunk"] == "sbc1"
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 3), (3, 4), (4, 1)])
+def test_a_change_of_workers_changes_the_pod_template(before: int, after: int) -> None:
+    """The SBC cannot take ``workers`` over while running: the template changes with the config,
+    so the Deployment rolls the pods."""
+    old, new = trunk(sbc={"workers": before}), trunk(sbc={"workers": after})
+    configs = [parse_config(render_sbc_config(t, [], None)) for t in (old, new)]
+    assert restart_reasons(*configs) == ["workers"]
+    templates = [
+        workload.deployment(t, sbc_image="s", rtpengine_image="r")["spec"]["template"]
+        for t in (old, new)
+    ]
+    assert templates[0] != templates[1]
 
 
 def test_host_network_rolls_one_pod_at_a_time() -> None:

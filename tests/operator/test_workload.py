@@ -132,6 +132,68 @@ def test_a_tenant_change_reaches_the_config_map_without_a_new_replica_set(
     assert kube.must("deployment", "sbc1-sbc")["metadata"]["generation"] == generation
 
 
+def _template(kube: Kube) -> dict[str, Any]:
+    return dict(kube.must("deployment", "sbc1-sbc")["spec"]["template"])
+
+
+def _set_workers(kube: Kube, operator: Operator, workers: int) -> None:
+    kube.kubectl("patch", "teamstrunk", "sbc1", "--type=merge",
+                 "-p", json.dumps({"spec": {"sbc": {"workers": workers}}}))  # fmt: skip
+    wait_until(
+        lambda: sbc_config(kube).workers == workers,
+        30, f"workers {workers} in the config", operator.proc, interval=0.2,
+    )  # fmt: skip
+
+
+def test_several_workers_get_their_config_a_tmp_and_a_rollout_on_change(
+    kube: Kube, operator: Operator
+) -> None:
+    ns = kube.namespace
+    kube.apply(trunk_manifest(ns, certificate={"devCA": True}, sbc={"workers": 3}))
+    kube.wait_condition("teamstrunk", "sbc1", "ConfigApplied", proc=operator.proc)
+    assert sbc_config(kube).workers == 3
+    template = _template(kube)
+    pod = template["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Mi"}
+    sbc = pod["containers"][0]
+    assert sbc["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in sbc["volumeMounts"]
+    assert template["metadata"]["annotations"]["sbc.teams-sbc.io/workers"] == "3"
+    wait_until(lambda: len(kube.list("replicaset")) == 1, 30, "the ReplicaSet", operator.proc)
+
+    # The running SBCs cannot take a new worker count over: the pod template changes with the
+    # ConfigMap, and kube-controller-manager starts a new ReplicaSet for it.
+    _set_workers(kube, operator, 4)
+    wait_until(
+        lambda: _template(kube)["metadata"].get("annotations", {}).get("sbc.teams-sbc.io/workers")
+        == "4",
+        30, "the new count on the pod template", operator.proc, interval=0.2,
+    )  # fmt: skip
+    wait_until(lambda: len(kube.list("replicaset")) == 2, 30, "a new ReplicaSet", operator.proc)
+    newest = max(
+        kube.list("replicaset"),
+        key=lambda rs: int(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]),
+    )
+    assert newest["spec"]["template"]["metadata"]["annotations"] == {
+        "sbc.teams-sbc.io/workers": "4"
+    }
+
+    # Back to one process: no temporary directory, no annotation, another rollout.
+    _set_workers(kube, operator, 1)
+    wait_until(
+        lambda: "tmp" not in {v["name"] for v in _template(kube)["spec"]["volumes"]},
+        30, "the /tmp volume gone", operator.proc, interval=0.2,
+    )  # fmt: skip
+    template = _template(kube)
+    assert "sbc.teams-sbc.io/workers" not in template["metadata"].get("annotations", {})
+    assert all(m["mountPath"] != "/tmp" for m in template["spec"]["containers"][0]["volumeMounts"])
+    assert "workers" not in yaml.safe_load(
+        kube.must("configmap", "sbc1-sbc-config")["data"]["sbc.yaml"]
+    )
+    wait_until(lambda: len(kube.list("replicaset")) == 3, 30, "a third ReplicaSet", operator.proc)
+
+
 def _versions(kube: Kube) -> dict[str, str]:
     objs = [*OWNED, ("teamstrunk", "sbc1"), ("teamstenant", "contoso"), ("teamstenant", "fabrikam")]
     return {f"{k}/{n}": kube.must(k, n)["metadata"]["resourceVersion"] for k, n in objs}

@@ -143,7 +143,7 @@ def render_sbc_config(
         teams["policies"] = {
             name: render_policy(policy) for name, policy in sorted(trunk.policies.items())
         }
-    return {
+    config: dict[str, Any] = {
         "listeners": [
             {
                 "name": "teams",
@@ -160,6 +160,11 @@ def render_sbc_config(
         "logging": {"level": "INFO", "format": "json"},
         "drain_seconds": DRAIN_SECONDS,
     }
+    if trunk.sbc.workers > 1:
+        # A supervisor and N workers; a change needs a restart, which the pod template's
+        # annotation (workload.WORKERS_ANNOTATION) brings.
+        config["workers"] = trunk.sbc.workers
+    return config
 
 
 def config_yaml(config: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from teams_sbc_operator.model import Trunk
+from teams_sbc_operator.model import GROUP, Trunk
 from teams_sbc_operator.render.objects import (
     config_map_name,
     labels,
@@ -27,6 +27,14 @@ RTPENGINE_NG_PORT = 2223
 #: Before SIGTERM, the pod leaves the Service's endpoints and load balancers; new connections
 #: stop arriving while this runs, then the SBC drains what is open.
 PRESTOP_SECONDS = 5
+#: On the pod template when the SBC runs several worker processes: the count. The SBC cannot take
+#: a change of ``workers`` over while running (teams_sbc.reload: restart_required), so the
+#: template changes with it and the Deployment rolls the pods.
+WORKERS_ANNOTATION = f"{GROUP}/workers"
+#: Where the supervisor keeps its workers' control sockets (Python's tempfile: /tmp), writable
+#: on the otherwise read-only root file system. A few sockets: a small limit, in memory.
+TMP_DIR = "/tmp"
+TMP_SIZE_LIMIT = "16Mi"
 
 
 def config_map(trunk: Trunk, config_text: str) -> dict[str, Any]:
@@ -90,7 +98,8 @@ def _carrier_protocols(trunk: Trunk) -> list[str]:
 def deployment(trunk: Trunk, *, sbc_image: str, rtpengine_image: str) -> dict[str, Any]:
     """The SBC pods. The pod template does not change when tenants do: the config arrives
     through the mounted ConfigMap (not a subPath, which would never update), so adding a tenant
-    rolls out nothing."""
+    rolls out nothing. A change of ``workers``, which needs a restart, changes the template (its
+    annotation, the /tmp volume) and so rolls the pods."""
     sbc = trunk.sbc
     ports: list[dict[str, Any]] = [
         {"name": "sip-teams", "containerPort": sbc.teams_port, "protocol": "TCP"},
@@ -140,6 +149,19 @@ def deployment(trunk: Trunk, *, sbc_image: str, rtpengine_image: str) -> dict[st
     }
     if sbc.resources:
         container["resources"] = sbc.resources
+    template_meta: dict[str, Any] = {"labels": labels(trunk)}
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(trunk)}},
+        {"name": "tls", "secret": {"secretName": trunk.certificate.secret_name}},
+    ]
+    if sbc.workers > 1:
+        # Only then: a single process needs no temporary directory, and the pods of a trunk
+        # with one worker keep the template they had (an operator upgrade restarts nothing).
+        container["volumeMounts"].append({"name": "tmp", "mountPath": TMP_DIR})
+        volumes.append(
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": TMP_SIZE_LIMIT}}
+        )
+        template_meta["annotations"] = {WORKERS_ANNOTATION: str(sbc.workers)}
     rtpengine: dict[str, Any] = {
         "name": "rtpengine",
         "image": sbc.rtpengine_image or rtpengine_image,
@@ -159,10 +181,7 @@ def deployment(trunk: Trunk, *, sbc_image: str, rtpengine_image: str) -> dict[st
         "serviceAccountName": sbc_name(trunk),
         "containers": [container, rtpengine],
         "terminationGracePeriodSeconds": PRESTOP_SECONDS + DRAIN_SECONDS + 5,
-        "volumes": [
-            {"name": "config", "configMap": {"name": config_map_name(trunk)}},
-            {"name": "tls", "secret": {"secretName": trunk.certificate.secret_name}},
-        ],
+        "volumes": volumes,
         "enableServiceLinks": False,
     }
     if sbc.host_network:
@@ -195,7 +214,7 @@ def deployment(trunk: Trunk, *, sbc_image: str, rtpengine_image: str) -> dict[st
             "replicas": sbc.replicas,
             "selector": {"matchLabels": selector_labels(trunk)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
-            "template": {"metadata": {"labels": labels(trunk)}, "spec": pod_spec},
+            "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
 
