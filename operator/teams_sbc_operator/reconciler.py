@@ -35,6 +35,7 @@ from typing import Any
 import kopf
 
 from teams_sbc.config import ConfigError, parse_config
+from teams_sbc.reload import restart_digest
 from teams_sbc_operator import certs, metrics
 from teams_sbc_operator.dnsrecords import DnsError, DnsTarget, DnsUpdater, Outcome, owner_text
 from teams_sbc_operator.kubeapi import ApiError, KubeApi
@@ -113,6 +114,9 @@ class TrunkState:
     #: Held for the length of a pass; the deletion handler takes it to let a pass in progress
     #: finish before it writes what the trunk's end means (no pass starts once ``closed``).
     passing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: teams_sbc.reload.restart_digest of the config last written to the ConfigMap: on the pod
+    #: template, so what the SBC cannot reload rolls the pods.
+    restart_digest: str | None = None
     closed: bool = False
 
 
@@ -429,13 +433,14 @@ class Reconciler:
     ) -> Check:
         config = render_sbc_config(trunk, served, carrier_address)
         try:
-            parse_config(config, source="the rendered config")
+            parsed = parse_config(config, source="the rendered config")
         except ConfigError as exc:  # a renderer bug or a spec the schema let through
             metrics.ERRORS.labels(step="config", reason="RenderedConfigInvalid").inc()
             return Check("ConfigApplied", False, "RenderedConfigInvalid", str(exc))
         obj = workload.config_map(trunk, config_yaml(config))
         try:
             await self.apply(trunk, obj, state)
+            state.restart_digest = restart_digest(parsed)
         except ApiError as exc:
             metrics.ERRORS.labels(step="config", reason=exc.reason).inc()
             return Check("ConfigApplied", False, "APIError", exc.message)
@@ -459,6 +464,7 @@ class Reconciler:
                     trunk,
                     sbc_image=self.settings.sbc_image,
                     rtpengine_image=self.settings.rtpengine_image,
+                    restart_digest=state.restart_digest,
                 ),
                 state,
             )

@@ -21,6 +21,7 @@ apply, and the caller (``teams_sbc.app``) hands it to the core's ``reconfigure``
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -74,6 +75,21 @@ def restart_reasons(old: SbcConfig, new: SbcConfig) -> list[str]:
         if sni_certificates(old) != sni_certificates(new):
             reasons.append("teams.tenants[].cert_file/key_file")
     return reasons
+
+
+def restart_digest(config: SbcConfig) -> str:
+    """A digest of what a running SBC cannot take over from a new file: two configs have the
+    same digest exactly when :func:`restart_reasons` finds nothing between them. The operator
+    puts it on the pod template, so a change that needs a restart rolls the pods and one that
+    can be reloaded (tenants, numbers, policies, routes) does not."""
+    dump: dict[str, Any] = config.model_dump(mode="json")
+    kept = {key: value for key, value in dump.items() if key not in RELOADABLE}
+    teams = dump.get("teams")
+    if teams is not None:
+        kept["teams"] = {k: v for k, v in teams.items() if k not in RELOADABLE_TEAMS}
+        kept["teams.sni"] = sni_certificates(config)
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from teams_sbc.config import parse_config
-from teams_sbc.reload import restart_reasons
+from teams_sbc.reload import restart_digest, restart_reasons
 from teams_sbc_operator.model import Tenant, Trunk
 from teams_sbc_operator.render import certificate, workload
 from teams_sbc_operator.render.sbc_config import config_yaml, render_sbc_config
@@ -293,3 +293,34 @@ def test_the_operator_holds_every_verb_it_grants_the_sbc() -> None:
             assert set(granted["verbs"]) <= held, (resource, held)
     kinds = {res for r in rules for res in r["resources"]}
     assert {"serviceaccounts", "roles", "rolebindings"} <= kinds
+
+
+@pytest.mark.parametrize(
+    ("change", "restart"),
+    [
+        ({"sbc": {"workers": 2}}, True),
+        ({"teams": {"allowSources": ["52.112.0.0/14"]}}, True),
+        ({"sbc": {"carrierPort": 5070}}, True),
+        ({"policies": {"strict": {"refer": "pass"}}}, False),
+        ({"carrier": {"address": "192.0.2.11", "port": 5060, "transport": "udp"}}, False),
+    ],
+)
+def test_the_restart_digest_changes_exactly_when_the_sbc_needs_a_restart(
+    change: dict[str, Any], restart: bool
+) -> None:
+    """The pod template's digest (teams_sbc.reload.restart_digest) follows restart_reasons:
+    what the SBC reloads in place (policies, the carrier's next hop, tenants) keeps the pods,
+    anything else rolls them."""
+    configs = [
+        parse_config(render_sbc_config(t, [], None)) for t in (trunk(), trunk(**change))
+    ]
+    assert bool(restart_reasons(*configs)) is restart
+    digests = [restart_digest(c) for c in configs]
+    assert (digests[0] != digests[1]) is restart
+    templates = [
+        workload.deployment(
+            t, sbc_image="s", rtpengine_image="r", restart_digest=d
+        )["spec"]["template"]["metadata"]
+        for t, d in zip((trunk(), trunk(**change)), digests, strict=True)
+    ]
+    assert templates[1]["annotations"]["sbc.teams-sbc.io/restart-config"] == digests[1]

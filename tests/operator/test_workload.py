@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from teams_sbc.config import parse_config
+from teams_sbc.reload import restart_digest
 from tests.operator.conftest import Kube, Operator, tenant_manifest, trunk_manifest
 from tests.testbed.process import wait_until
 
@@ -130,6 +131,22 @@ def test_a_tenant_change_reaches_the_config_map_without_a_new_replica_set(
     kube.wait_condition("teamstrunk", "sbc1", "ConfigApplied", proc=operator.proc)
     assert len(kube.list("replicaset")) == 1
     assert kube.must("deployment", "sbc1-sbc")["metadata"]["generation"] == generation
+    # The pod template carries the digest of what the SBC cannot reload: the same as before.
+    digest = _template(kube)["metadata"]["annotations"]["sbc.teams-sbc.io/restart-config"]
+    assert digest == restart_digest(sbc_config(kube))
+
+    # A change the SBC can only take at start (the Teams listener's source allow-list): the
+    # template changes with the ConfigMap and the pods roll.
+    kube.kubectl("patch", "teamstrunk", "sbc1", "--type=merge", "-p",
+                 json.dumps({"spec": {"teams": {"allowSources": ["52.112.0.0/14"]}}}))  # fmt: skip
+    wait_until(
+        lambda: sbc_config(kube).teams.allow_sources is not None,
+        30, "the allow-list in the config", operator.proc, interval=0.2,
+    )  # fmt: skip
+    wait_until(lambda: len(kube.list("replicaset")) == 2, 30, "a new ReplicaSet", operator.proc)
+    after = _template(kube)["metadata"]["annotations"]["sbc.teams-sbc.io/restart-config"]
+    assert after != digest
+    assert after == restart_digest(sbc_config(kube))
 
 
 def _template(kube: Kube) -> dict[str, Any]:
@@ -176,7 +193,8 @@ def test_several_workers_get_their_config_a_tmp_and_a_rollout_on_change(
         key=lambda rs: int(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]),
     )
     assert newest["spec"]["template"]["metadata"]["annotations"] == {
-        "sbc.teams-sbc.io/workers": "4"
+        "sbc.teams-sbc.io/workers": "4",
+        "sbc.teams-sbc.io/restart-config": restart_digest(sbc_config(kube)),
     }
 
     # Back to one process: no temporary directory, no annotation, another rollout.

@@ -31,6 +31,8 @@ PRESTOP_SECONDS = 5
 #: a change of ``workers`` over while running (teams_sbc.reload: restart_required), so the
 #: template changes with it and the Deployment rolls the pods.
 WORKERS_ANNOTATION = f"{GROUP}/workers"
+#: On the pod template: teams_sbc.reload.restart_digest of the SBC's config.
+RESTART_ANNOTATION = f"{GROUP}/restart-config"
 #: Where the supervisor keeps its workers' control sockets (Python's tempfile: /tmp), writable
 #: on the otherwise read-only root file system. A few sockets: a small limit, in memory.
 TMP_DIR = "/tmp"
@@ -95,7 +97,9 @@ def _carrier_protocols(trunk: Trunk) -> list[str]:
     return ["UDP"] if trunk.carrier.transport == "udp" else ["TCP"]
 
 
-def deployment(trunk: Trunk, *, sbc_image: str, rtpengine_image: str) -> dict[str, Any]:
+def deployment(
+    trunk: Trunk, *, sbc_image: str, rtpengine_image: str, restart_digest: str | None = None
+) -> dict[str, Any]:
     """The SBC pods. The pod template does not change when tenants do: the config arrives
     through the mounted ConfigMap (not a subPath, which would never update), so adding a tenant
     rolls out nothing. A change of ``workers``, which needs a restart, changes the template (its
@@ -162,6 +166,11 @@ def deployment(trunk: Trunk, *, sbc_image: str, rtpengine_image: str) -> dict[st
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": TMP_SIZE_LIMIT}}
         )
         template_meta["annotations"] = {WORKERS_ANNOTATION: str(sbc.workers)}
+    if restart_digest is not None:
+        # What the SBC cannot take over from a changed ConfigMap (listeners, timers, media,
+        # Microsoft's proxies...: teams_sbc.reload.restart_reasons) changes the template and
+        # rolls the pods; tenants, numbers, policies and routes are reloaded in place.
+        template_meta.setdefault("annotations", {})[RESTART_ANNOTATION] = restart_digest
     rtpengine: dict[str, Any] = {
         "name": "rtpengine",
         "image": sbc.rtpengine_image or rtpengine_image,
