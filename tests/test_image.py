@@ -265,6 +265,14 @@ def run_in(
     )
 
 
+def sbc_image_python(
+    images: dict[str, Built], rootfs: dict[str, Path], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Debian's python3 in the SBC's image, sandboxed as the pod runs it, with ``args``."""
+    config = read_layout(images["teams-sbc"].path).config
+    return run_in(rootfs["teams-sbc"], config, list(args), entrypoint=["/usr/bin/python3"])
+
+
 def _children(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -386,7 +394,6 @@ def test_sandbox_is_read_only_non_root_without_capabilities(
 ) -> None:
     """What the SBC's container gets (readOnlyRootFilesystem, runAsNonRoot, drop ALL) is what
     the sandbox below gives it."""
-    config = read_layout(images["teams-sbc"].path).config
     probe = (
         "import os, pathlib\n"
         "print(os.getuid(), os.getgid(), os.getpid())\n"
@@ -395,7 +402,7 @@ def test_sandbox_is_read_only_non_root_without_capabilities(
         "try:\n    pathlib.Path('/usr/x').write_text('x')\n"
         "except OSError as e:\n    print(e.strerror)\n"
     )
-    result = run_in(rootfs["teams-sbc"], config, ["-c", probe], entrypoint=["/usr/bin/python3"])
+    result = sbc_image_python(images, rootfs, "-c", probe)
     assert result.returncode == 0, result.stderr
     ids, caps, write = result.stdout.splitlines()
     assert ids == f"{UID} {UID} 1"
@@ -409,16 +416,13 @@ def test_python_modules_are_compiled_in_the_image(
     """Nothing is compiled at start (the pod could not cache it): every module of ours and of
     our dependencies loads from its pyc, and the SIP core's from the extension modules mypyc
     built (docs/performance.md), which Debian's Python 3.11 loads."""
-    config = read_layout(images["teams-sbc"].path).config
     core = ["teams_sbc." + m.removesuffix(".py").replace("/", ".") for m in NATIVE_MODULES]
     probe = (
         f"import importlib, teams_sbc.cli, teams_sbc.app, teams_sbc_operator.main\n"
         f"for name in {core!r}:\n"
         "    print(name, importlib.import_module(name).__file__)\n"
     )
-    result = run_in(
-        rootfs["teams-sbc"], config, ["-v", "-c", probe], entrypoint=["/usr/bin/python3"]
-    )
+    result = sbc_image_python(images, rootfs, "-v", "-c", probe)
     assert result.returncode == 0, result.stderr[-3000:]
     site = "/usr/local/lib/python3.11/dist-packages/"
     loaded = [
@@ -445,14 +449,13 @@ def test_sbc_trusts_the_system_roots(images: dict[str, Built], rootfs: dict[str,
     bundle = rootfs["teams-sbc"] / "etc/ssl/certs/ca-certificates.crt"
     text = bundle.read_text()
     assert text.count("BEGIN CERTIFICATE") > 100
-    config = read_layout(images["teams-sbc"].path).config
     probe = (
         "import ssl\nctx = ssl.create_default_context("
         "cafile='/etc/ssl/certs/ca-certificates.crt')\n"
         "print(sorted({dict(x[0] for x in c['subject']).get('commonName', '') "
         "for c in ctx.get_ca_certs() if 'DigiCert' in str(c['subject'])}))"
     )
-    result = run_in(rootfs["teams-sbc"], config, ["-c", probe], entrypoint=["/usr/bin/python3"])
+    result = sbc_image_python(images, rootfs, "-c", probe)
     assert result.returncode == 0, result.stderr
     assert "DigiCert Global Root G2" in result.stdout
 
